@@ -1,0 +1,183 @@
+"""Crash-safe files: atomic writes, and a model folder that is always whole and checked before it is used.
+
+A model folder holds model.safetensors (weights of the unwrapped classifier), config.json (the encoder's
+architecture), the tokenizer's files, train_config.json, classes.json, calibration.json and manifest.json,
+which records the SHA-256 of every other file. Saving is a small write-ahead journal: each new file is
+written beside its final name as NAME.tmp, then the new manifest is renamed into place (the commit), then each
+NAME.tmp is renamed to NAME. A crash before the commit leaves the old model as it was; a crash after it is
+rolled forward by the next load, which finds the NAME.tmp files that match the manifest. Weights are read
+with safetensors only and configs are JSON: no pickle, no code from the checkpoint ever runs.
+"""
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+
+from config import InputError
+
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+FORMAT_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _fsync_dir(folder: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename, on error it vanishes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: str, obj) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode("utf-8"))
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def commit_files(folder: str, staged: dict) -> None:
+    """Move staged files {name: temporary path} into `folder` as one all-or-nothing change (see module doc)."""
+    os.makedirs(folder, exist_ok=True)
+    manifest_path = os.path.join(folder, MANIFEST)
+    files = {}
+    if os.path.exists(manifest_path):
+        with contextlib.suppress(OSError, ValueError):
+            files = {k: v for k, v in _read_manifest(folder)["files"].items()
+                     if k not in staged and os.path.exists(os.path.join(folder, k))}
+    for name, src in staged.items():
+        pending = os.path.join(folder, name + ".tmp")
+        os.makedirs(os.path.dirname(pending), exist_ok=True)
+        if os.path.abspath(src) != os.path.abspath(pending):
+            shutil.move(src, pending)
+        with open(pending, "rb+") as f:
+            os.fsync(f.fileno())
+        files[name] = sha256_file(pending)
+    write_json(manifest_path, {"format": FORMAT_VERSION, "files": files})  # the commit point
+    for name in staged:
+        os.replace(os.path.join(folder, name + ".tmp"), os.path.join(folder, name))
+    _fsync_dir(folder)
+
+
+def _read_manifest(folder: str) -> dict:
+    with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+        manifest = json.load(f)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError("no 'files' object")
+    return manifest
+
+
+def verify_folder(folder: str) -> dict:
+    """Check every file against the manifest (rolling an interrupted save forward); return the manifest."""
+    if not os.path.isdir(folder):
+        raise InputError(f"{folder}: no trained model here (the folder does not exist); run train.py first "
+                         "or pass --save_path")
+    if not os.path.exists(os.path.join(folder, MANIFEST)):
+        raise InputError(f"{folder}: no trained model here ({MANIFEST} is missing); run train.py first "
+                         "or pass --save_path")
+    try:
+        manifest = _read_manifest(folder)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{os.path.join(folder, MANIFEST)}: unreadable manifest ({e})")
+    for name, digest in manifest["files"].items():
+        path = os.path.join(folder, name)
+        if os.path.exists(path) and sha256_file(path) == digest:
+            continue
+        pending = path + ".tmp"
+        if os.path.exists(pending) and sha256_file(pending) == digest:
+            os.replace(pending, path)  # finish a save that was interrupted after its commit
+            continue
+        state = "is missing" if not os.path.exists(path) else "does not match the hash recorded when it was saved"
+        raise InputError(f"{path}: {state}; the model folder was changed or damaged, refusing to load it")
+    return manifest
+
+
+def save_model(folder: str, model: torch.nn.Module, tokenizer, cfg, names: list, extra: dict) -> None:
+    """Write the whole model folder atomically: weights, architecture, tokenizer, configs, label map."""
+    import dataclasses
+    os.makedirs(folder, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=".staging-", dir=folder)
+    try:
+        st_save_model(model, os.path.join(stage, WEIGHTS))
+        model.encoder.config.save_pretrained(stage)
+        tok_dir = os.path.join(stage, "tokenizer")
+        tokenizer.save_pretrained(tok_dir)
+        staged = {WEIGHTS: os.path.join(stage, WEIGHTS), "config.json": os.path.join(stage, "config.json")}
+        for name in sorted(os.listdir(tok_dir)):
+            staged[f"tokenizer/{name}"] = os.path.join(tok_dir, name)
+        for name, obj in (("train_config.json", dataclasses.asdict(cfg)),
+                          ("classes.json", {n: i for i, n in enumerate(names)}),
+                          ("calibration.json", extra)):
+            with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
+                json.dump(obj, f, indent=2)
+                f.write("\n")
+            staged[name] = os.path.join(stage, name)
+        commit_files(folder, staged)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def load_model(folder: str, device: torch.device):
+    """Rebuild (model, tokenizer, cfg, names, extra) from a model folder, after checking its files."""
+    from transformers import AutoTokenizer
+
+    from config import load_config
+    from dataset import load_label_map
+    from model import BertClassifier, encoder_from_config
+    verify_folder(folder)
+    cfg = load_config(os.path.join(folder, "train_config.json"))
+    names = load_label_map(os.path.join(folder, "classes.json"))
+    with open(os.path.join(folder, "calibration.json"), encoding="utf-8") as f:
+        extra = json.load(f)
+    try:
+        encoder = encoder_from_config(folder)
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{folder}: cannot rebuild the encoder or tokenizer ({str(e).splitlines()[0]})")
+    model = BertClassifier(encoder, len(names), cfg.pooling, cfg.dropout_p)
+    try:
+        missing, unexpected = st_load_model(model, os.path.join(folder, WEIGHTS), strict=False)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise InputError(f"{os.path.join(folder, WEIGHTS)}: weights do not fit the saved architecture "
+                         f"({str(e).splitlines()[0][:300]})")
+    if missing or unexpected:
+        raise InputError(f"{os.path.join(folder, WEIGHTS)}: weights do not fit the saved architecture "
+                         f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    return model.to(device).eval(), tokenizer, cfg, names, extra

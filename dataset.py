@@ -1,0 +1,436 @@
+"""Reading the user's files: the label map, labelled CSVs, files to predict; the split; batches.
+
+Every problem in an input file is reported with its file, row and column (row 1 is the header, as a
+spreadsheet shows it), all problems of a file in one pass up to MAX_PROBLEMS, before any training starts.
+Batches are padded to their own longest sentence, never to a fixed length, and drawn from length buckets.
+"""
+import codecs
+import csv
+import io
+import json
+import math
+import os
+import random
+import re
+import sys
+import unicodedata
+from dataclasses import dataclass, field
+
+import torch
+
+from config import InputError
+
+MAX_PROBLEMS = 20
+INT_RE = re.compile(r"^[+-]?\d+$")
+FLOAT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+[eE][+-]?\d+|\d+\.\d*[eE][+-]?\d+)$")
+# Sorting happens inside windows of this many batches: enough to cut most padding, few enough that
+# batches still mix lengths, and so classes, the way a plain shuffle does.
+BUCKET_WINDOW_BATCHES = 16
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long paragraph in one cell is legitimate text
+
+
+def warn(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
+
+
+# ----------------------------------------------------------------------------------------------- label map
+def load_label_map(path: str) -> list:
+    """Class names ordered by id, from a JSON object {name: id} whose ids are 0..n-1."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: label map not found" + (" (it is a folder)" if os.path.isdir(path) else ""))
+    try:
+        with open(path, "rb") as f:
+            text = _decode_utf8(f.read(), path)
+        pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})")
+    if not isinstance(pairs, list) or (pairs and not all(isinstance(p, tuple) for p in pairs)):
+        raise InputError(f"{path}: expected a JSON object {{\"class name\": id, ...}}, got {type(pairs).__name__}")
+    names_seen, ids = {}, {}
+    for name, idx in pairs:
+        where = f"{path}, key '{name}'"
+        if name in names_seen:
+            raise InputError(f"{where}: class name appears twice")
+        if not name.strip():
+            raise InputError(f"{path}: a class name is empty")
+        if isinstance(idx, bool) or not isinstance(idx, int):
+            raise InputError(f"{where}: id {json.dumps(idx)} is not an integer")
+        if idx in ids:
+            raise InputError(f"{where}: id {idx} is already used by '{ids[idx]}'")
+        if INT_RE.match(name.strip()) and int(name) != idx:
+            raise InputError(f"{where}: a class named like the number {name} must have id {name}, not {idx} "
+                             "(labels in the CSV would be ambiguous)")
+        names_seen[name] = idx
+        ids[idx] = name
+    if len(ids) < 2:
+        raise InputError(f"{path}: needs at least two classes, found {len(ids)}")
+    missing = sorted(set(range(len(ids))) - set(ids))
+    if missing:
+        raise InputError(f"{path}: ids must run from 0 to {len(ids) - 1} without gaps; missing "
+                         f"{', '.join(map(str, missing[:10]))} (found {', '.join(map(str, sorted(ids)[:10]))}"
+                         f"{'...' if len(ids) > 10 else ''})")
+    return [ids[i] for i in range(len(ids))]
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def _decode_utf8(raw: bytes, path: str) -> str:
+    """UTF-8 with or without BOM; anything else is named and refused."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputError(f"{path}: the file is UTF-16; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        row = raw.count(b"\n", 0, e.start) + 1
+        byte = raw[e.start:e.start + 1].hex()
+        guess = " (it looks like Latin-1 or Windows-1252)" if raw[e.start] >= 0x80 else ""
+        raise InputError(f"{path}, line {row}: not UTF-8 text, byte 0x{byte} at offset {e.start}{guess}; "
+                         "save it as UTF-8")
+
+
+def _read_text(path: str, what: str) -> str:
+    if not os.path.exists(path):
+        raise InputError(f"{path}: {what} not found")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: {what} is a folder, expected a file")
+    with open(path, "rb") as f:
+        return _decode_utf8(f.read(), path)
+
+
+def _control_char(text: str):
+    """The first control character (Unicode Cc other than tab and newline) in text, or None."""
+    for i, ch in enumerate(text):
+        if ch not in "\t\n" and unicodedata.category(ch) == "Cc":
+            return i, ch
+    return None
+
+
+def iter_csv(path: str, text: str, required: tuple):
+    """Yield (row_number, {column: value}) from CSV text after checking its header."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise InputError(f"{path}: the file is empty")
+    except csv.Error as e:
+        raise InputError(f"{path}, row 1: malformed CSV header ({e})")
+    header = [h.strip() for h in header]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise InputError(f"{path}, row 1: duplicated column name(s) {', '.join(repr(d) for d in dupes)}")
+    for col, flag in required:
+        if col not in header:
+            raise InputError(f"{path}, row 1: no column '{col}' (columns: {', '.join(header) or 'none'}); "
+                             f"name it with {flag}")
+    row_number = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise InputError(f"{path}, row {row_number + 1} (line {reader.line_num}): malformed CSV ({e})")
+        row_number += 1
+        if not fields or (len(fields) == 1 and not fields[0].strip() and len(header) > 1):
+            continue  # blank line
+        if len(fields) != len(header):
+            yield row_number, None, f"{len(fields)} fields where the header has {len(header)}"
+            continue
+        yield row_number, dict(zip(header, fields)), None
+
+
+@dataclass
+class LabelledData:
+    texts: list
+    labels: list  # int per row, or a list of ints per row with multi_label
+    rows: list = field(default_factory=list)  # row number in the file, for messages
+
+
+def parse_label(cell: str, names: list, index: dict, multi_label: bool):
+    """A label cell -> class id (or ids); raises ValueError with the reason."""
+    tokens = [t.strip() for t in cell.split(",")] if multi_label else [cell.strip()]
+    if multi_label and len(tokens) > 1 and any(not t for t in tokens):
+        raise ValueError(f"empty label in '{cell}'")
+    ids = []
+    for token in tokens:
+        if not token:
+            raise ValueError("empty label")
+        if token in index:
+            ids.append(index[token])
+        elif INT_RE.match(token):
+            value = int(token)
+            if value < 0:
+                raise ValueError(f"negative label {token}")
+            if value >= len(names):
+                raise ValueError(f"label id {token} is not in the label map (ids 0 to {len(names) - 1})")
+            ids.append(value)
+        elif FLOAT_RE.match(token):
+            raise ValueError(f"label {token} is a float; use an integer id or a class name")
+        elif not multi_label and "," in token:
+            raise ValueError(f"'{token}' holds several labels; use --multi_label True for that")
+        else:
+            close = [n for n in names if n.lower() == token.lower()]
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"label '{token}' is not a class of the label map{hint}")
+    return sorted(set(ids)) if multi_label else ids[0]
+
+
+def load_labelled_csv(path: str, text_col: str, label_col: str, names: list, multi_label: bool) -> LabelledData:
+    """Texts and class ids of a CSV; every bad row is reported (up to MAX_PROBLEMS) before anything runs."""
+    text = _read_text(path, "CSV file")
+    index = {name: i for i, name in enumerate(names)}
+    data, problems, blank = LabelledData([], []), [], 0
+    for row, record, problem in iter_csv(path, text, ((text_col, "--text_col"), (label_col, "--label_col"))):
+        if problem:
+            problems.append(f"{path}, row {row}: {problem}")
+            continue
+        sentence = record[text_col].replace("\r\n", "\n")
+        if not sentence.strip():
+            blank += 1
+            continue
+        bad = _control_char(sentence)
+        if bad:
+            problems.append(f"{path}, row {row}, column '{text_col}': control character U+{ord(bad[1]):04X} "
+                            f"at position {bad[0] + 1}")
+        try:
+            label = parse_label(record[label_col], names, index, multi_label)
+        except ValueError as e:
+            problems.append(f"{path}, row {row}, column '{label_col}': {e}")
+            label = None
+        if len(problems) >= MAX_PROBLEMS:
+            problems.append(f"{path}: stopped after {MAX_PROBLEMS} problems")
+            break
+        data.texts.append(sentence)
+        data.labels.append(label)
+        data.rows.append(row)
+    if problems:
+        raise InputError("\n".join(problems) if len(problems) == 1 else
+                         f"{len(problems)} problems in {path}:\n  " + "\n  ".join(problems))
+    if blank:
+        warn(f"{path}: dropped {blank} row(s) with an empty or blank '{text_col}'")
+    if not data.texts:
+        raise InputError(f"{path}: no rows with text in column '{text_col}'")
+    return data
+
+
+def check_training_data(path: str, data: LabelledData, names: list, multi_label: bool) -> None:
+    """Dataset-level problems: one class only, more classes than rows; classes without rows are a warning."""
+    counts = class_counts(data.labels, len(names), multi_label)
+    present = [names[i] for i, c in enumerate(counts) if c > 0]
+    if len(names) > len(data.texts):
+        raise InputError(f"{path}: {len(names)} classes but only {len(data.texts)} row(s); "
+                         "a classifier needs more rows than classes")
+    if len(present) < 2 and not multi_label:
+        raise InputError(f"{path}: every row has the class '{present[0]}'; training needs at least two classes")
+    absent = [names[i] for i, c in enumerate(counts) if c == 0]
+    if absent:
+        warn(f"{path}: no row has the class(es) {', '.join(absent)}; the model will never predict them")
+
+
+def class_counts(labels: list, n_classes: int, multi_label: bool) -> list:
+    counts = [0] * n_classes
+    for label in labels:
+        for i in (label if multi_label else (label,)):
+            counts[i] += 1
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------- split
+def stratified_split(labels: list, valid_frac: float, seed: int, names: list, multi_label: bool):
+    """Seeded train/validation indices with each class in proportion; rare classes stay in train, with a warning.
+
+    Multi-label rows are stratified by their rarest label, which keeps rare classes in both parts.
+    """
+    if not 0 < valid_frac < 1:
+        raise InputError(f"--valid_frac {valid_frac}: must be between 0 and 1")
+    counts = class_counts(labels, len(names), multi_label)
+    key = [min(label, key=lambda c: counts[c]) if multi_label else label for label in labels]
+    by_class = {}
+    for i, k in enumerate(key):
+        by_class.setdefault(k, []).append(i)
+    rng = random.Random(seed)
+    train_idx, valid_idx, too_rare = [], [], []
+    for k in sorted(by_class):
+        idx = by_class[k]
+        rng.shuffle(idx)
+        n_valid = int(round(len(idx) * valid_frac))
+        if len(idx) < 2:
+            too_rare.append(names[k])
+            n_valid = 0
+        else:
+            n_valid = min(max(n_valid, 1), len(idx) - 1)
+        valid_idx += idx[:n_valid]
+        train_idx += idx[n_valid:]
+    if too_rare:
+        warn(f"class(es) {', '.join(too_rare)} have a single row: kept in training, absent from validation")
+    absent = [names[i] for i, c in enumerate(counts) if c == 0]
+    if absent:
+        warn(f"class(es) {', '.join(absent)} have no rows: absent from training and validation")
+    if not valid_idx:
+        raise InputError(f"--valid_frac {valid_frac}: leaves no validation rows out of {len(labels)}")
+    return sorted(train_idx), sorted(valid_idx)
+
+
+# ------------------------------------------------------------------------------------------ tokens, batches
+def tokenize(tokenizer, texts: list, max_length: int) -> list:
+    """Token ids per text, with special tokens, truncated to max_length, not padded."""
+    if not texts:
+        return []
+    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
+                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Token ids (or cached sentence vectors) with optional labels."""
+
+    def __init__(self, input_ids=None, labels=None, features=None):
+        self.input_ids, self.labels, self.features = input_ids, labels, features
+
+    def __len__(self):
+        return len(self.features) if self.features is not None else len(self.input_ids)
+
+    def __getitem__(self, i):
+        item = {"index": i}
+        if self.features is not None:
+            item["features"] = self.features[i]
+        else:
+            item["input_ids"] = self.input_ids[i]
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+    def lengths(self) -> list:
+        return [1] * len(self) if self.features is not None else [len(ids) for ids in self.input_ids]
+
+
+@dataclass
+class Collator:
+    """Pads a batch to its own longest sentence: (batch, seq) ids and mask, labels as the loss wants them."""
+    pad_id: int = 0
+    n_classes: int = 0
+    multi_label: bool = False
+
+    def __call__(self, items: list) -> dict:
+        batch = {"index": torch.tensor([it["index"] for it in items])}
+        if "features" in items[0]:
+            batch["features"] = torch.stack([it["features"] for it in items])
+        else:
+            longest = max(len(it["input_ids"]) for it in items)
+            ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(items), longest), dtype=torch.long)
+            for row, it in enumerate(items):
+                ids[row, :len(it["input_ids"])] = torch.as_tensor(it["input_ids"])
+                mask[row, :len(it["input_ids"])] = 1
+            batch["input_ids"], batch["attention_mask"] = ids, mask
+        if "labels" in items[0]:
+            if self.multi_label:
+                target = torch.zeros((len(items), self.n_classes))
+                for row, it in enumerate(items):
+                    target[row, it["labels"]] = 1.0
+                batch["labels"] = target
+            else:
+                batch["labels"] = torch.tensor([it["labels"] for it in items])
+        return batch
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of similar length, in a new random order every epoch; each row once per epoch.
+
+    Each epoch shuffles all rows, cuts them into windows of BUCKET_WINDOW_BATCHES global batches, sorts each
+    window by length, cuts it into batches and shuffles the batches. Under DDP every global batch of
+    batch_size * num_replicas rows is dealt out to the ranks, so N processes see exactly the batches one
+    process with an N times larger batch would; short final batches are topped up with rows of the same epoch.
+    `shuffle=False` keeps windows in input order (used by evaluation). `skip_batches` resumes mid-epoch.
+    """
+
+    def __init__(self, lengths: list, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0, window_batches: int = BUCKET_WINDOW_BATCHES):
+        self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
+        self.num_replicas, self.rank, self.window = num_replicas, rank, window_batches
+        self.epoch, self.skip_batches = 0, 0
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def global_batches(self) -> list:
+        order = list(range(len(self.lengths)))
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        if self.shuffle:
+            rng.shuffle(order)
+        size = self.batch_size * self.num_replicas
+        window = size * self.window
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: self.lengths[i])
+            batches += [chunk[b:b + size] for b in range(0, len(chunk), size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self):
+        for batch in self.global_batches()[self.skip_batches:]:
+            if self.num_replicas > 1:
+                if len(batch) % self.num_replicas:  # every rank needs a row: repeat from the batch's start
+                    batch = batch + batch[:self.num_replicas - len(batch) % self.num_replicas]
+                batch = batch[self.rank::self.num_replicas]
+            yield batch
+
+    def __len__(self):
+        return math.ceil(len(self.lengths) / (self.batch_size * self.num_replicas)) - self.skip_batches
+
+
+# ------------------------------------------------------------------------------------------- prediction input
+def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list = None):
+    """Stream (row_numbers, texts) chunks of a .csv (column text_col) or .txt (one sentence a line) file.
+
+    Rows whose text is blank are skipped (and counted in `skipped[0]`); the rest keep their input order.
+    """
+    is_csv = path.lower().endswith(".csv")
+    with open(path, "rb") as probe:
+        head = probe.read(4)
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputError(f"{path}: the file is UTF-16; save it as UTF-8")
+    with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:
+        rows, texts = [], []
+        try:
+            if is_csv:
+                reader = csv.reader(f, strict=True)
+                header = [h.strip() for h in next(reader, [])]
+                if text_col not in header:
+                    raise InputError(f"{path}, row 1: no column '{text_col}' "
+                                     f"(columns: {', '.join(header) or 'none'}); name it with --text_col")
+                col, row = header.index(text_col), 1
+                source = reader
+            else:
+                row, source = 0, f
+            for fields in source:
+                row += 1
+                if is_csv:
+                    if not fields:
+                        continue
+                    if len(fields) != len(header):
+                        raise InputError(f"{path}, row {row}: {len(fields)} fields where the header has "
+                                         f"{len(header)}")
+                    text = fields[col].replace("\r\n", "\n")
+                else:
+                    text = fields.rstrip("\r\n")
+                if not text.strip():
+                    if skipped is not None:
+                        skipped[0] += 1
+                    continue
+                bad = _control_char(text)
+                if bad:
+                    raise InputError(f"{path}, row {row}" + (f", column '{text_col}'" if is_csv else "") +
+                                     f": control character U+{ord(bad[1]):04X} at position {bad[0] + 1}")
+                rows.append(row)
+                texts.append(text)
+                if len(texts) >= chunk_rows:
+                    yield rows, texts
+                    rows, texts = [], []
+        except UnicodeDecodeError as e:
+            where = f", row {row + 1}" if "row" in locals() else ""
+            raise InputError(f"{path}{where}: not UTF-8 text (byte 0x{e.object[e.start:e.start + 1].hex()}); "
+                             "save it as UTF-8")
+        except csv.Error as e:
+            raise InputError(f"{path}, row {row + 1}: malformed CSV ({e})")
+        if texts:
+            yield rows, texts

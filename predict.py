@@ -1,0 +1,187 @@
+"""Predict every .csv and .txt file of a folder with a model trained by train.py.
+
+    python predict.py -f inputs/ -d classes.json -p False
+    python predict.py -f big_folder/ --save_path runs/emotions --out_dir preds/ --batch_size 64
+
+Each input file gets a predictions CSV in --out_dir: the sentence, the predicted class in `label` (multi-label:
+the chosen classes joined by commas) and one column per class, named as the class, with its probability.
+A .csv input is read from its text column; a .txt input has one sentence per line. Files are streamed in
+chunks, so memory stays flat whatever their size, and rows keep their input order. A file already predicted
+by the same model and unchanged since is skipped unless --overwrite. A bad file is reported and skipped; the
+exit code is then 1. The model, its tokenizer, label map and settings all come from --save_path.
+"""
+import argparse
+import csv
+import hashlib
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from config import Config, InputError, build_parser, run_cli
+
+CHUNK_ROWS = 8192  # rows read, sorted by length and predicted at a time: bounds memory on huge files
+RUNTIME_FIELDS = ("input_dir", "dict_path", "parallel", "save_path", "out_dir", "device", "precision",
+                  "batch_size", "num_workers", "overwrite")
+STATE_FILE = "predict_state.json"  # which inputs are done, and with which model: not a .csv on purpose
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser("predict.py", ("predict", "both"), __doc__.split("\n\n")[0])
+    # Model settings (max_length, text column) default to the training run's; only flags given here override.
+    for action in parser._actions:
+        if action.dest not in RUNTIME_FIELDS and action.dest != "help":
+            action.default = argparse.SUPPRESS
+    return parser.parse_args(argv)
+
+
+@torch.inference_mode()
+def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_size: int, run,
+                          multi_label: bool, temperature: float = 1.0) -> np.ndarray:
+    """(len(texts), n_classes) probabilities in input order; batches are sorted by length and padded per batch."""
+    from dataset import tokenize
+    from engine import probabilities
+    ids = tokenize(tokenizer, texts, max_length)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = np.zeros((len(texts), model.classifier.out_features), dtype=np.float32)
+    pad = tokenizer.pad_token_id or 0
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        longest = max(len(ids[i]) for i in rows)
+        input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), longest), dtype=torch.long)
+        for r, i in enumerate(rows):
+            input_ids[r, :len(ids[i])] = torch.as_tensor(ids[i])
+            mask[r, :len(ids[i])] = 1
+        with run.autocast():
+            logits = model(input_ids=input_ids.to(run.device), attention_mask=mask.to(run.device))
+        out[rows] = probabilities(logits, multi_label, temperature).cpu().numpy()
+    return out
+
+
+def output_names(files: list) -> dict:
+    """input file -> predictions file name: stem.csv, or stem.txt.csv when a .csv of the same stem exists."""
+    stems = {}
+    for name in files:
+        stems.setdefault(os.path.splitext(name)[0], []).append(name)
+    out = {}
+    for stem, group in stems.items():
+        for name in group:
+            out[name] = f"{stem}.csv" if len(group) == 1 or name.lower().endswith(".csv") else f"{name}.csv"
+    return out
+
+
+def file_signature(path: str) -> dict:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names: list, run, extra: dict) -> dict:
+    """Stream `path` through the model into `out_path` (written to a temporary file, then renamed)."""
+    from checkpoint import atomic_path
+    from dataset import iter_predict_file
+    thresholds = extra.get("thresholds")
+    temperature = extra.get("temperature", 1.0)
+    n_rows = n_tokens = 0
+    skipped = [0]
+    started = time.perf_counter()
+    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([cfg.text_col, "label", *names])
+        for _, texts in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped):
+            probs = predict_probabilities(model, tokenizer, texts, cfg.max_length, cfg.batch_size, run,
+                                          cfg.multi_label, temperature)
+            from engine import decide
+            chosen = decide(probs, cfg.multi_label, thresholds)
+            for text, p, c in zip(texts, probs, chosen):
+                label = ",".join(names[j] for j in np.flatnonzero(c)) if cfg.multi_label else names[c]
+                writer.writerow([text, label, *(f"{x:.6f}" for x in p)])
+            n_rows += len(texts)
+        if n_rows == 0:
+            raise InputError(f"{path}: no sentences to predict")
+    if skipped[0]:
+        print(f"warning: {path}: skipped {skipped[0]} blank row(s)", file=sys.stderr)
+    return {"rows": n_rows, "seconds": time.perf_counter() - started}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    given = vars(args)
+    defaults = Config()
+    runtime = {k: given.get(k, getattr(defaults, k)) for k in RUNTIME_FIELDS}
+
+    from checkpoint import load_model, sha256_file, write_json
+    from dataset import load_label_map
+    from engine import setup_run
+    if not os.path.isdir(runtime["input_dir"]):
+        raise InputError(f"{runtime['input_dir']}: input folder not found")
+    names_given = load_label_map(runtime["dict_path"])
+    run = setup_run(runtime["device"], runtime["precision"])
+    if runtime["parallel"] and run.world_size == 1:
+        run.print(f"-p True: {torch.cuda.device_count()} GPU(s) on this machine, predicting in one process "
+                  f"on {run.device}")
+    model, tokenizer, cfg, names, extra = load_model(runtime["save_path"], run.device)
+    if names_given != names:
+        saved = os.path.join(runtime["save_path"], "classes.json")
+        raise InputError(f"{runtime['dict_path']}: this label map differs from the one the model was trained with "
+                         f"({saved}): {dict(enumerate(names_given))} vs {dict(enumerate(names))}")
+    for key, value in given.items():  # runtime settings and explicit overrides of the training config
+        setattr(cfg, key, value)
+    for key, value in runtime.items():
+        setattr(cfg, key, value)
+    from model import max_supported_length
+    limit = max_supported_length(model.encoder, tokenizer)
+    if cfg.max_length > limit:
+        raise InputError(f"--max_length {cfg.max_length}: this model supports at most {limit} tokens")
+    if cfg.batch_size < 1:
+        raise InputError("--batch_size must be at least 1")
+
+    files = sorted(n for n in os.listdir(cfg.input_dir)
+                   if n.lower().endswith((".csv", ".txt")) and os.path.isfile(os.path.join(cfg.input_dir, n)))
+    if not files:
+        raise InputError(f"{cfg.input_dir}: no .csv or .txt files to predict")
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    state_path = os.path.join(cfg.out_dir, STATE_FILE)
+    state = {}
+    if os.path.exists(state_path):
+        try:
+            with open(state_path, encoding="utf-8") as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            state = {}
+    model_id = sha256_file(os.path.join(cfg.save_path, "manifest.json"))
+    settings = {"model": model_id, "max_length": cfg.max_length, "text_col": cfg.text_col}
+
+    failed, total_rows, total_s = [], 0, 0.0
+    for name, out_name in output_names(files).items():
+        src, dst = os.path.join(cfg.input_dir, name), os.path.join(cfg.out_dir, out_name)
+        done = state.get(name)
+        if (not cfg.overwrite and done and done.get("input") == file_signature(src) and
+                done.get("settings") == settings and os.path.exists(dst)):
+            print(f"{name}: up to date in {dst} (use --overwrite to predict it again)")
+            continue
+        try:
+            stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra)
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        total_rows += stats["rows"]
+        total_s += stats["seconds"]
+        print(f"{name}: {stats['rows']} rows -> {dst} ({stats['rows'] / stats['seconds']:.1f} sentences/s)")
+        state[name] = {"input": file_signature(src), "settings": settings, "output": out_name}
+        write_json(state_path, state)
+    if total_rows:
+        print(f"predicted {total_rows} sentences in {total_s:.1f}s: {total_rows / total_s:.1f} sentences/s "
+              f"(device {run.device}, precision {run.precision}, batch {cfg.batch_size})")
+    if failed:
+        print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,199 @@
+"""Fine-tune a BERT-family encoder for sentence classification.
+
+    python train.py -d classes.json -p False                        # CPU or one GPU, shipped GoEmotions example
+    python train.py -d classes.json --train_path my.csv --n_epochs 4 --bert_name bert-base-uncased
+    python train.py -d classes.json -p True                         # every GPU of this machine (DDP)
+    torchrun --nproc_per_node 4 train.py -d classes.json -p True    # the same, launched by hand
+    sbatch slurm/one_node_multi_gpu.sh                              # SLURM (see slurm/ and README)
+
+Everything is checked before the first step; problems are printed one per line with file, row and column,
+and the exit code is 2. The best epoch (by --metric) is saved to --save_path, which predict.py reads.
+"""
+import dataclasses
+import json
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+from config import Config, InputError, build_parser, config_from_args, resolve_model_path, run_cli
+
+
+def parse_config(argv=None) -> Config:
+    parser = build_parser("train.py", ("train", "both"), __doc__.split("\n\n")[0])
+    return config_from_args(parser.parse_args(argv))
+
+
+def check_options(cfg: Config) -> None:
+    """Option values that no parser type catches."""
+    rules = [(cfg.n_epochs >= 1, "--n_epochs must be at least 1"),
+             (cfg.batch_size >= 1, "--batch_size must be at least 1"),
+             (cfg.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be at least 1"),
+             (cfg.lr > 0 and cfg.lr_main > 0, "--lr and --lr_main must be positive"),
+             (0 <= cfg.dropout_p < 1, "--dropout_p must be in [0, 1)"),
+             (0 <= cfg.warmup_ratio < 1, "--warmup_ratio must be in [0, 1)"),
+             (cfg.max_length >= 2, "--max_length must be at least 2"),
+             (cfg.early_stop == -1 or cfg.early_stop >= 1, "--early_stop must be -1 (off) or at least 1"),
+             (not cfg.boost or not cfg.bert_finetuning,
+              "--boost True needs --bert_finetuning False (vectors can only be cached from a frozen encoder)")]
+    for ok, message in rules:
+        if not ok:
+            raise InputError(message)
+
+
+def load_data(cfg: Config):
+    """(names, train LabelledData, valid LabelledData), all files checked before anything heavy starts."""
+    from dataset import LabelledData, check_training_data, load_label_map, load_labelled_csv, stratified_split
+    names = load_label_map(cfg.dict_path)
+    train = load_labelled_csv(cfg.train_path, cfg.text_col, cfg.label_col, names, cfg.multi_label)
+    check_training_data(cfg.train_path, train, names, cfg.multi_label)
+    if cfg.valid_path:
+        valid = load_labelled_csv(cfg.valid_path, cfg.text_col, cfg.label_col, names, cfg.multi_label)
+        return names, train, valid
+    train_idx, valid_idx = stratified_split(train.labels, cfg.valid_frac, cfg.seed, names, cfg.multi_label)
+
+    def subset(idx):
+        return LabelledData([train.texts[i] for i in idx], [train.labels[i] for i in idx],
+                            [train.rows[i] for i in idx])
+    return names, subset(train_idx), subset(valid_idx)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(argv)
+    check_options(cfg)
+    names, train_data, valid_data = load_data(cfg)
+
+    from transformers import AutoTokenizer
+
+    from checkpoint import save_model, write_json
+    from dataset import BucketBatchSampler, Collator, EncodedDataset, class_counts, tokenize
+    from engine import (build_optimizer, build_scheduler, cleanup_run, compute_metrics, evaluate, is_better,
+                        setup_run, train_one_epoch, unwrap)
+    from model import BertClassifier, load_pretrained_encoder, max_supported_length
+
+    run = setup_run(cfg.device, cfg.precision)
+    if cfg.parallel and run.world_size == 1:
+        gpus = torch.cuda.device_count()
+        run.print(f"-p True: {gpus} GPU(s) on this machine, training in one process on {run.device}")
+    seed_everything(cfg.seed)
+    model_path = resolve_model_path(cfg.bert_name)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    encoder = load_pretrained_encoder(model_path)
+    limit = max_supported_length(encoder, tokenizer)
+    if cfg.max_length > limit:
+        raise InputError(f"--max_length {cfg.max_length}: {cfg.bert_name} supports at most {limit} tokens")
+    model = BertClassifier(encoder, len(names), cfg.pooling, cfg.dropout_p)
+    if not cfg.bert_finetuning:
+        model.freeze_encoder()
+    model.to(run.device)
+
+    t0 = time.perf_counter()
+    train_ids, valid_ids = (tokenize(tokenizer, d.texts, cfg.max_length) for d in (train_data, valid_data))
+    tokenize_s = time.perf_counter() - t0
+    if cfg.boost:
+        from engine import cached_sentence_vectors
+        train_set = EncodedDataset(labels=train_data.labels,
+                                   features=cached_sentence_vectors(model, tokenizer, train_data.texts, train_ids,
+                                                                    cfg, model_path, run))
+        valid_set = EncodedDataset(labels=valid_data.labels,
+                                   features=cached_sentence_vectors(model, tokenizer, valid_data.texts, valid_ids,
+                                                                    cfg, model_path, run))
+    else:
+        train_set = EncodedDataset(train_ids, train_data.labels)
+        valid_set = EncodedDataset(valid_ids, valid_data.labels)
+    collate = Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label)
+    train_sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank)
+    valid_sampler = BucketBatchSampler(valid_set.lengths(), cfg.batch_size * 4, False, 0, run.world_size, run.rank)
+    loader_kw = dict(collate_fn=collate, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda")
+    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, **loader_kw)
+    valid_loader = torch.utils.data.DataLoader(valid_set, batch_sampler=valid_sampler, **loader_kw)
+
+    if run.world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    elif cfg.parallel and cfg.parallel_mode == "dp" and torch.cuda.device_count() > 1:
+        model = torch.nn.DataParallel(model)
+    optimizer = build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device)
+    updates_per_epoch = -(-len(train_loader) // cfg.gradient_accumulation_steps)
+    total_updates = updates_per_epoch * cfg.n_epochs
+    scheduler = build_scheduler(optimizer, int(cfg.warmup_ratio * total_updates), total_updates)
+    scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
+    counts = class_counts(train_data.labels, len(names), cfg.multi_label)
+    loss_fn = make_loss(cfg, counts, len(train_data.labels), run.device)
+
+    n_params = sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
+    run.print(f"train {len(train_data.texts)} rows, validation {len(valid_data.texts)} rows, {len(names)} classes "
+              f"({cfg.train_path}{' + ' + cfg.valid_path if cfg.valid_path else ', split ' + str(cfg.valid_frac)})\n"
+              f"model {cfg.bert_name} ({model_path}), pooling {cfg.pooling}, {n_params / 1e6:.1f}M trainable "
+              f"parameters{', encoder frozen' if not cfg.bert_finetuning else ''}\n"
+              f"device {run.device} x{run.world_size}, precision {run.precision}, batch {cfg.batch_size} per process"
+              f" x {run.world_size} process(es) x {cfg.gradient_accumulation_steps} accumulation = "
+              f"{cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps} per update, "
+              f"{updates_per_epoch} updates per epoch, {cfg.n_epochs} epoch(s); tokenised in {tokenize_s:.1f}s")
+
+    history, best, best_epoch, stale = [], None, None, 0
+    valid_target = valid_data.labels
+    totals = {"samples": 0, "tokens": 0, "seconds": 0.0}
+    for epoch in range(1, cfg.n_epochs + 1):
+        train_sampler.set_epoch(epoch)
+        stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, loss_fn, run,
+                                cfg.gradient_accumulation_steps, cfg.max_grad_norm, cfg.log_every,
+                                f"epoch {epoch}/{cfg.n_epochs}")
+        for k in totals:
+            totals[k] += stats[k]
+        logits = evaluate(model, valid_loader, run, len(valid_set))
+        metrics = compute_metrics(logits, valid_target, loss_fn.cpu(), cfg.multi_label, len(names))
+        loss_fn.to(run.device)
+        record = {"epoch": epoch, "train_loss": stats["loss"],
+                  **{f"valid_{k}": v for k, v in metrics.items()},
+                  "train_samples_per_s": stats["samples"] / stats["seconds"],
+                  "train_tokens_per_s": stats["tokens"] / stats["seconds"]}
+        history.append(record)
+        improved = is_better(cfg.metric, metrics[cfg.metric], best)
+        run.print(f"epoch {epoch}: train loss {stats['loss']:.4f} | valid loss {metrics['loss']:.4f} "
+                  f"accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} | "
+                  f"{record['train_samples_per_s']:.1f} samples/s{' | best so far, saved' if improved else ''}")
+        if improved:
+            best, best_epoch, stale = metrics[cfg.metric], epoch, 0
+            if run.is_main:
+                save_model(cfg.save_path, unwrap(model), tokenizer, cfg, names, {"temperature": 1.0})
+        else:
+            stale += 1
+        if run.is_main:
+            write_json(os.path.join(cfg.save_path, "metrics.json"),
+                       {"best_epoch": best_epoch, "metric": cfg.metric, "epochs": history})
+        if cfg.early_stop > 0 and stale >= cfg.early_stop:
+            run.print(f"early stop: {stale} epoch(s) without a better valid {cfg.metric}")
+            break
+
+    best_record = history[best_epoch - 1]
+    run.print(f"done: best epoch {best_epoch} | valid accuracy {best_record['valid_accuracy']:.4f} "
+              f"macro-F1 {best_record['valid_macro_f1']:.4f} loss {best_record['valid_loss']:.4f} | "
+              f"throughput {totals['samples'] / totals['seconds']:.1f} samples/s, "
+              f"{totals['tokens'] / totals['seconds']:.0f} tokens/s | model saved in {cfg.save_path}")
+    cleanup_run()
+    return 0
+
+
+def make_loss(cfg: Config, counts: list, n_rows: int, device: torch.device):
+    """Cross-entropy (single-label) or BCE with logits (multi-label), optionally weighted by class frequency."""
+    weights = None
+    if cfg.class_weights == "balanced":
+        from engine import balanced_class_weights
+        weights = balanced_class_weights(counts, n_rows, cfg.multi_label).to(device)
+    if cfg.multi_label:
+        return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
+    return torch.nn.CrossEntropyLoss(weight=weights)
+
+
+if __name__ == "__main__":
+    run_cli(main)
