@@ -18,6 +18,9 @@ class BertClassifier(nn.Module):
         if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
             raise InputError(f"--pooling pooler: the encoder {type(encoder).__name__} has no pooler layer "
                              "(use cls, mean, max or cls_last4)")
+        n_layers = getattr(encoder.config, "num_hidden_layers", 0)
+        if pooling == "cls_last4" and n_layers < 4:
+            raise InputError(f"--pooling cls_last4: the encoder has {n_layers} layers, it needs at least 4")
         self.encoder = encoder
         self.pooling = pooling
         hidden = encoder.config.hidden_size
