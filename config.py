@@ -166,3 +166,18 @@ def resolve_model_path(name: str) -> str:
     if os.path.sep in name and not os.path.isdir(name) and (name.startswith((".", "/", "~"))):
         raise InputError(f"--bert_name {name}: no such folder")
     return os.path.expanduser(name)
+
+
+def options_markdown() -> str:
+    """The README's table of options, generated from Config so the two never disagree."""
+    lines = ["| option | used by | default | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Config):
+        flags = ", ".join(f"`{x}`" for x in (f.metadata["flags"] or (f"--{f.name}",)))
+        used_by = {"train": "train.py", "predict": "predict.py", "both": "both"}[f.metadata["group"]]
+        lines.append(f"| {flags} | {used_by} | `{f.default if f.default != '' else chr(34) * 2}` | "
+                     f"{f.metadata['help']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(options_markdown())  # python config.py > table.md regenerates README's options table
