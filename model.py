@@ -75,6 +75,17 @@ def load_pretrained_encoder(name_or_path: str) -> nn.Module:
         raise InputError(f"--bert_name {name_or_path}: cannot load an encoder ({first_line})")
 
 
+def load_tokenizer(name_or_path: str):
+    """The checkpoint's fast tokenizer, from a hub id or a local folder."""
+    from transformers import AutoTokenizer
+    _quiet_transformers()
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"--bert_name {name_or_path}: cannot load its tokenizer ({first_line})")
+
+
 def encoder_from_config(folder: str) -> nn.Module:
     """An encoder with the architecture saved in `folder`/config.json and no weights yet (predict loads them)."""
     _quiet_transformers()

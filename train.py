@@ -72,13 +72,11 @@ def main(argv=None) -> int:
     check_options(cfg)
     names, train_data, valid_data = load_data(cfg)
 
-    from transformers import AutoTokenizer
-
     from checkpoint import save_model, write_json
     from dataset import BucketBatchSampler, Collator, EncodedDataset, class_counts, tokenize
     from engine import (build_optimizer, build_scheduler, cleanup_run, compute_metrics, evaluate, is_better,
                         setup_run, train_one_epoch, unwrap)
-    from model import BertClassifier, load_pretrained_encoder, max_supported_length
+    from model import BertClassifier, load_pretrained_encoder, load_tokenizer, max_supported_length
 
     run = setup_run(cfg.device, cfg.precision)
     if cfg.parallel and run.world_size == 1:
@@ -86,7 +84,7 @@ def main(argv=None) -> int:
         run.print(f"-p True: {gpus} GPU(s) on this machine, training in one process on {run.device}")
     seed_everything(cfg.seed)
     model_path = resolve_model_path(cfg.bert_name)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
+    tokenizer = load_tokenizer(model_path)
     encoder = load_pretrained_encoder(model_path)
     limit = max_supported_length(encoder, tokenizer)
     if cfg.max_length > limit:
