@@ -44,6 +44,8 @@ def load_label_map(path: str) -> list:
         pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})")
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting thousands deep
+        raise InputError(f"{path}: not a usable JSON label map ({str(e).split(';')[0]})")
     if not isinstance(pairs, list) or (pairs and not all(isinstance(p, tuple) for p in pairs)):
         raise InputError(f"{path}: expected a JSON object {{\"class name\": id, ...}}, got {type(pairs).__name__}")
     names_seen, ids = {}, {}
