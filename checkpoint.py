@@ -82,8 +82,7 @@ def _roll_forward(folder: str, manifest: dict) -> None:
     for name, digest in manifest["files"].items():
         path = os.path.join(folder, name)
         pending = path + ".tmp"
-        if os.path.exists(pending) and sha256_file(pending) == digest and \
-                not (os.path.exists(path) and sha256_file(path) == digest):
+        if os.path.exists(pending) and sha256_file(pending) == digest:
             os.replace(pending, path)
     _fsync_dir(folder)
 
