@@ -16,6 +16,7 @@ import shutil
 import tempfile
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
@@ -24,6 +25,9 @@ from config import InputError
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
+# Formats that torch.load or pickle would read, i.e. that can run code: a model folder holding one is refused.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+STAGING_PREFIX = ".staging-"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -73,6 +77,16 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def _roll_forward(folder: str, manifest: dict) -> None:
+    """Finish a save that was interrupted after its commit: rename each NAME.tmp that the manifest expects."""
+    for name, digest in manifest["files"].items():
+        path = os.path.join(folder, name)
+        pending = path + ".tmp"
+        if os.path.exists(pending) and sha256_file(pending) == digest:
+            os.replace(pending, path)
+    _fsync_dir(folder)
+
+
 def commit_files(folder: str, staged: dict) -> None:
     """Move staged files {name: temporary path} into `folder` as one all-or-nothing change (see module doc)."""
     os.makedirs(folder, exist_ok=True)
@@ -80,7 +94,11 @@ def commit_files(folder: str, staged: dict) -> None:
     files = {}
     if os.path.exists(manifest_path):
         with contextlib.suppress(OSError, ValueError):
-            files = {k: v for k, v in _read_manifest(folder)["files"].items()
+            manifest = _read_manifest(folder)
+            # Staging below overwrites NAME.tmp files: a committed save still waiting in them must land first,
+            # or a second crash would leave a manifest that matches nothing.
+            _roll_forward(folder, manifest)
+            files = {k: v for k, v in manifest["files"].items()
                      if k not in staged and os.path.exists(os.path.join(folder, k))}
     for name, src in staged.items():
         pending = os.path.join(folder, name + ".tmp")
@@ -101,6 +119,10 @@ def _read_manifest(folder: str) -> dict:
         manifest = json.load(f)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ValueError("no 'files' object")
+    for name in manifest["files"]:
+        # names come from disk: one that leaves the folder would let a crafted manifest rename files elsewhere
+        if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
+            raise ValueError(f"file name {name!r} points outside the model folder")
     return manifest
 
 
@@ -116,13 +138,16 @@ def verify_folder(folder: str) -> dict:
         manifest = _read_manifest(folder)
     except (OSError, ValueError) as e:
         raise InputError(f"{os.path.join(folder, MANIFEST)}: unreadable manifest ({e})")
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(STAGING_PREFIX)]  # leftovers of a killed save
+        for name in names:
+            if name.lower().endswith(PICKLE_SUFFIXES):
+                raise InputError(f"{os.path.join(root, name)}: pickle-based file in the model folder; such files "
+                                 "can run code when loaded and are never read here: remove it to load this model")
+    _roll_forward(folder, manifest)
     for name, digest in manifest["files"].items():
         path = os.path.join(folder, name)
         if os.path.exists(path) and sha256_file(path) == digest:
-            continue
-        pending = path + ".tmp"
-        if os.path.exists(pending) and sha256_file(pending) == digest:
-            os.replace(pending, path)  # finish a save that was interrupted after its commit
             continue
         state = "is missing" if not os.path.exists(path) else "does not match the hash recorded when it was saved"
         raise InputError(f"{path}: {state}; the model folder was changed or damaged, refusing to load it")
@@ -133,7 +158,8 @@ def save_model(folder: str, model: torch.nn.Module, tokenizer, cfg, names: list,
     """Write the whole model folder atomically: weights, architecture, tokenizer, configs, label map."""
     import dataclasses
     os.makedirs(folder, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=".staging-", dir=folder)
+    _remove_dead_staging(folder)
+    stage = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
     try:
         st_save_model(model, os.path.join(stage, WEIGHTS))
         model.encoder.config.save_pretrained(stage)
@@ -152,6 +178,26 @@ def save_model(folder: str, model: torch.nn.Module, tokenizer, cfg, names: list,
         commit_files(folder, staged)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_dead_staging(folder: str) -> None:
+    """Delete staging folders left by saves whose process was killed (their pid is gone)."""
+    for name in os.listdir(folder):
+        if not name.startswith(STAGING_PREFIX):
+            continue
+        pid = name[len(STAGING_PREFIX):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_model(folder: str, device: torch.device):
@@ -174,6 +220,9 @@ def load_model(folder: str, device: torch.device):
     model = BertClassifier(encoder, len(names), cfg.pooling, cfg.dropout_p)
     try:
         missing, unexpected = st_load_model(model, os.path.join(folder, WEIGHTS), strict=False)
+    except SafetensorError as e:
+        raise InputError(f"{os.path.join(folder, WEIGHTS)}: not a valid safetensors file ({e}); "
+                         "weights are only read as safetensors, never unpickled")
     except (RuntimeError, ValueError, OSError) as e:
         raise InputError(f"{os.path.join(folder, WEIGHTS)}: weights do not fit the saved architecture "
                          f"({str(e).splitlines()[0][:300]})")

@@ -133,8 +133,8 @@ def load_config(path: str) -> Config:
     try:
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: cannot read the training config ({e})")
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise InputError(f"{path}: cannot read the training config ({str(e)[:200]})")
     if not isinstance(saved, dict):
         raise InputError(f"{path}: the training config is not a JSON object")
     known = {f.name for f in dataclasses.fields(Config)}

@@ -44,6 +44,8 @@ def load_label_map(path: str) -> list:
         pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})")
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting thousands deep
+        raise InputError(f"{path}: not a usable JSON label map ({str(e).split(';')[0]})")
     if not isinstance(pairs, list) or (pairs and not all(isinstance(p, tuple) for p in pairs)):
         raise InputError(f"{path}: expected a JSON object {{\"class name\": id, ...}}, got {type(pairs).__name__}")
     names_seen, ids = {}, {}
@@ -226,6 +228,16 @@ def check_training_data(path: str, data: LabelledData, names: list, multi_label:
         warn(f"{path}: no row has the class(es) {', '.join(absent)}; the model will never predict them")
 
 
+def check_validation_data(path: str, train: LabelledData, valid: LabelledData, names: list,
+                          multi_label: bool) -> None:
+    """Classes that are trained but never validated are a warning that names them."""
+    trained = class_counts(train.labels, len(names), multi_label)
+    validated = class_counts(valid.labels, len(names), multi_label)
+    unseen = [names[i] for i in range(len(names)) if trained[i] and not validated[i]]
+    if unseen:
+        warn(f"{path}: no row has the class(es) {', '.join(unseen)}; their validation scores are not measured")
+
+
 def class_counts(labels: list, n_classes: int, multi_label: bool) -> list:
     counts = [0] * n_classes
     for label in labels:
@@ -378,6 +390,24 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         return math.ceil(len(self.lengths) / (self.batch_size * self.num_replicas)) - self.skip_batches
 
 
+class SplitBatchSampler(torch.utils.data.Sampler):
+    """Each batch of `batches` cut into `parts` micro-batches in turn: with `parts` times the gradient accumulation,
+    every update sees the rows it would have seen whole (used after running out of memory)."""
+
+    def __init__(self, batches, parts: int):
+        self.batches, self.parts = batches, parts
+
+    def __iter__(self):
+        for batch in self.batches:
+            for i in range(self.parts):
+                piece = batch[i * len(batch) // self.parts:(i + 1) * len(batch) // self.parts]
+                # a batch smaller than `parts` repeats a row, so that each update still has `parts` micro-batches
+                yield piece or batch[i % len(batch):i % len(batch) + 1]
+
+    def __len__(self):
+        return len(self.batches) * self.parts
+
+
 # ------------------------------------------------------------------------------------------- prediction input
 def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list = None):
     """Stream (row_numbers, texts) chunks of a .csv (column text_col) or .txt (one sentence a line) file.
@@ -395,6 +425,10 @@ def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list =
             if is_csv:
                 reader = csv.reader(f, strict=True)
                 header = [h.strip() for h in next(reader, [])]
+                dupes = sorted({h for h in header if header.count(h) > 1})
+                if dupes:
+                    raise InputError(f"{path}, row 1: duplicated column name(s) "
+                                     f"{', '.join(repr(d) for d in dupes)}")
                 if text_col not in header:
                     raise InputError(f"{path}, row 1: no column '{text_col}' "
                                      f"(columns: {', '.join(header) or 'none'}); name it with --text_col")

@@ -46,12 +46,22 @@ def check_options(cfg: Config) -> None:
 
 def load_data(cfg: Config):
     """(names, train LabelledData, valid LabelledData), all files checked before anything heavy starts."""
-    from dataset import LabelledData, check_training_data, load_label_map, load_labelled_csv, stratified_split
+    from dataset import (LabelledData, check_training_data, check_validation_data, load_label_map,
+                         load_labelled_csv, stratified_split)
     names = load_label_map(cfg.dict_path)
-    train = load_labelled_csv(cfg.train_path, cfg.text_col, cfg.label_col, names, cfg.multi_label)
+    loaded, problems = {}, []
+    for path in filter(None, (cfg.train_path, cfg.valid_path)):  # both files checked before either is reported
+        try:
+            loaded[path] = load_labelled_csv(path, cfg.text_col, cfg.label_col, names, cfg.multi_label)
+        except InputError as e:
+            problems.append(str(e))
+    if problems:
+        raise InputError("\n".join(problems))
+    train = loaded[cfg.train_path]
     check_training_data(cfg.train_path, train, names, cfg.multi_label)
     if cfg.valid_path:
-        valid = load_labelled_csv(cfg.valid_path, cfg.text_col, cfg.label_col, names, cfg.multi_label)
+        valid = loaded[cfg.valid_path]
+        check_validation_data(cfg.valid_path, train, valid, names, cfg.multi_label)
         return names, train, valid
     train_idx, valid_idx = stratified_split(train.labels, cfg.valid_frac, cfg.seed, names, cfg.multi_label)
 
@@ -141,11 +151,14 @@ def main(argv=None) -> int:
     history, best, best_epoch, stale = [], None, None, 0
     valid_target = valid_data.labels
     totals = {"samples": 0, "tokens": 0, "seconds": 0.0}
+    split = {"parts": 1}  # micro-batches per batch; doubled each time a step runs out of memory
     for epoch in range(1, cfg.n_epochs + 1):
-        train_sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, loss_fn, run,
-                                cfg.gradient_accumulation_steps, cfg.max_grad_norm, cfg.log_every,
-                                f"epoch {epoch}/{cfg.n_epochs}")
+        stats = train_epoch_halving_on_oom(
+            lambda sampler, accum: train_one_epoch(
+                model, torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kw), optimizer,
+                scheduler, scaler, loss_fn, run, accum, cfg.max_grad_norm, cfg.log_every,
+                f"epoch {epoch}/{cfg.n_epochs}", on_update=sampler.on_update),
+            train_sampler, epoch, cfg, run, optimizer, split)
         for k in totals:
             totals[k] += stats[k]
         logits = evaluate(model, valid_loader, run, len(valid_set))
@@ -180,6 +193,55 @@ def main(argv=None) -> int:
               f"{totals['tokens'] / totals['seconds']:.0f} tokens/s | model saved in {cfg.save_path}")
     cleanup_run()
     return 0
+
+
+OOM_ERRORS = (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (torch.cuda.OutOfMemoryError,)
+
+
+class _Progress(torch.utils.data.Sampler):
+    """The epoch's batches cut into `parts` micro-batches; counts the whole batches whose update is done."""
+
+    def __init__(self, batches, parts: int, done: int):
+        from dataset import SplitBatchSampler
+        self.split, self.parts, self.done, self.updated = SplitBatchSampler(batches, parts), parts, done, done
+
+    def __iter__(self):
+        return iter(self.split)
+
+    def __len__(self):
+        return len(self.split)
+
+    def on_update(self, micro_steps: int) -> None:
+        self.updated = self.done + micro_steps // self.parts
+
+
+def train_epoch_halving_on_oom(train_epoch, sampler, epoch: int, cfg: Config, run, optimizer, split: dict) -> dict:
+    """train_epoch(sampler, accumulation); when a step runs out of memory, halve the batch and double the
+    accumulation (the same rows per update), say so, and go on from the last update. At a batch of 1, stop."""
+    done = 0  # whole batches of this epoch whose optimizer update is finished
+    while True:
+        sampler.set_epoch(epoch, skip_batches=done)
+        progress = _Progress(sampler, split["parts"], done)
+        try:
+            return train_epoch(progress, cfg.gradient_accumulation_steps * split["parts"])
+        except OOM_ERRORS:
+            if run.world_size > 1:
+                raise  # the other ranks cannot be told to re-split their batches: stop rather than hang
+        # out of the except block, the failed step's tensors are free; its partial gradients are dropped
+        done = progress.updated
+        optimizer.zero_grad(set_to_none=True)
+        if run.device.type == "cuda":
+            torch.cuda.empty_cache()
+        size = -(-cfg.batch_size // split["parts"])
+        if size <= 1:
+            raise InputError(f"out of memory on {run.device} with a batch of 1 sentence; lower --max_length "
+                             "or use a smaller --bert_name")
+        split["parts"] *= 2
+        accum = cfg.gradient_accumulation_steps
+        run.print(f"out of memory on {run.device} at batch size {size}: batch size -> "
+                  f"{-(-cfg.batch_size // split['parts'])}, gradient accumulation {accum * split['parts'] // 2} -> "
+                  f"{accum * split['parts']} (still {cfg.batch_size * accum} sentences per update); "
+                  f"epoch {epoch} goes on from batch {done + 1}")
 
 
 def make_loss(cfg: Config, counts: list, n_rows: int, device: torch.device):
