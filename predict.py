@@ -112,14 +112,13 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     return {"rows": n_rows, "seconds": time.perf_counter() - started}
 
 
-def file_report(path: str, folder: str, probs: np.ndarray, cfg: Config, names: list, extra: dict) -> None:
+def file_report(path: str, folder: str, probs: np.ndarray, labels: list, cfg: Config, names: list,
+                extra: dict) -> None:
     """--report: the labels of `path` against the predictions just written for it, as train.py's report."""
-    from dataset import load_labelled_csv
     from report import write_report
-    data = load_labelled_csv(path, cfg.text_col, cfg.label_col, names, cfg.multi_label)
-    if len(data.labels) != len(probs):
-        raise InputError(f"{path}: {len(data.labels)} labelled rows but {len(probs)} predicted ones")
-    metrics = write_report(folder, probs, data.labels, names, cfg.multi_label, extra.get("thresholds"),
+    if len(labels) != len(probs):
+        raise InputError(f"{path}: {len(labels)} labelled rows but {len(probs)} predicted ones")
+    metrics = write_report(folder, probs, labels, names, cfg.multi_label, extra.get("thresholds"),
                            cfg.allow_empty, title=os.path.basename(path))
     print(f"{os.path.basename(path)}: accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} "
           f"ECE {metrics['ece']:.4f} -> report in {folder}")
@@ -132,7 +131,7 @@ def main(argv=None) -> int:
     runtime = {k: given.get(k, getattr(defaults, k)) for k in RUNTIME_FIELDS}
 
     from checkpoint import load_model, sha256_file, write_json
-    from dataset import load_label_map
+    from dataset import load_label_map, load_labelled_csv
     from engine import setup_run
     if not os.path.isdir(runtime["input_dir"]):
         raise InputError(f"{runtime['input_dir']}: input folder not found")
@@ -185,10 +184,12 @@ def main(argv=None) -> int:
         labelled = cfg.report and has_column(src, cfg.label_col)
         probs = [] if labelled else None
         try:
+            # labels are checked before predicting, so a bad label costs no model time
+            truth = load_labelled_csv(src, cfg.text_col, cfg.label_col, names, cfg.multi_label) if labelled else None
             stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra, probs)
             if labelled:
                 folder = os.path.join(cfg.out_dir, f"report_{os.path.splitext(out_name)[0]}")
-                file_report(src, folder, np.concatenate(probs), cfg, names, extra)
+                file_report(src, folder, np.concatenate(probs), truth.labels, cfg, names, extra)
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             failed.append(name)

@@ -200,21 +200,47 @@ def assert_report_matches_sklearn(labelled_csv, predictions_csv, folder, multi_l
         assert_real_png(os.path.join(folder, name))
 
 
-def test_predict_report_equals_sklearn_and_out_dir_holds_only_prediction_csvs(tmp_path, tiny_task):
-    import predict
+@pytest.fixture(scope="module")
+def single_label_model(tmp_path_factory, tiny_bert):
+    """A tiny single-label model trained once for this module: (save_path, classes.json, train.py stdout)."""
     import train
-    code, out, err = call(train.main, tiny_task["args"])
+    folder = tmp_path_factory.mktemp("single_label")
+    classes = write_classes(folder / "classes.json")
+    data = write_csv(folder / "train.csv", make_rows(90))
+    save = str(folder / "model")
+    code, out, err = call(train.main, ["-d", classes, "-p", "False", "--train_path", data, "--bert_name", tiny_bert,
+                                       "--save_path", save, "--n_epochs", "2", "--batch_size", "8", "--lr_main",
+                                       "1e-3", "--lr", "5e-3", "--max_length", "32"])
     assert code == 0, err
-    assert "calibration: ECE" in out
+    return save, classes, out
+
+
+def test_training_report_single_label(single_label_model):
+    save, _, out = single_label_model
+    assert "calibration: ECE" in out and "precision" in out
     for name in PNGS:
-        assert_real_png(os.path.join(tiny_task["save"], "report", name))
-    inputs = tiny_task["inputs"]
+        assert_real_png(os.path.join(save, "report", name))
+    metrics = json.loads(open(os.path.join(save, "report", "metrics.json")).read())
+    calibration = json.loads(open(os.path.join(save, "calibration.json")).read())
+    assert metrics["temperature"] == calibration["temperature"] and "thresholds" not in calibration
+    assert metrics["nll_after"] <= metrics["nll_before"]
+    assert len(metrics["epochs"]) == 2
+
+
+def test_predict_report_equals_sklearn_and_out_dir_holds_only_prediction_csvs(tmp_path, single_label_model):
+    import predict
+    save, classes, _ = single_label_model
+    inputs = str(tmp_path / "inputs")
+    os.makedirs(inputs)
+    write_csv(os.path.join(inputs, "a.csv"), [(t,) for t, _ in make_rows(12, seed=1)], header=("sentences",))
+    with open(os.path.join(inputs, "b.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(t for t, _ in make_rows(7, seed=2)) + "\n")
     # a labelled test file with names, and one with ids; the unlabelled a.csv and b.txt get no report
     write_csv(os.path.join(inputs, "test.csv"), make_rows(40, seed=7))
     write_csv(os.path.join(inputs, "ids.csv"), [(t, NAMES.index(n)) for t, n in make_rows(20, seed=8)])
     out_dir = str(tmp_path / "preds")
-    code, out, err = call(predict.main, ["-f", inputs, "-d", tiny_task["classes"], "-p", "False",
-                                         "--save_path", tiny_task["save"], "--out_dir", out_dir, "--report", "True"])
+    code, out, err = call(predict.main, ["-f", inputs, "-d", classes, "-p", "False", "--save_path", save,
+                                         "--out_dir", out_dir, "--report", "True"])
     assert code == 0, err
     assert "a.csv: no 'emotion' column, no report" in out
     assert_report_matches_sklearn(os.path.join(inputs, "test.csv"), os.path.join(out_dir, "test.csv"),
@@ -227,17 +253,19 @@ def test_predict_report_equals_sklearn_and_out_dir_holds_only_prediction_csvs(tm
         assert not any(n.endswith(".csv") for n in os.listdir(os.path.join(out_dir, sub)))
 
 
-def test_predict_report_bad_label_names_file_row_and_column(tmp_path, tiny_task):
+def test_predict_report_bad_label_names_file_row_and_column(tmp_path, single_label_model):
     import predict
-    import train
-    assert call(train.main, tiny_task["args"])[0] == 0
+    save, classes, _ = single_label_model
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_csv(inputs / "good.csv", make_rows(5, seed=4))
     rows = make_rows(6, seed=3)
     rows[2] = (rows[2][0], "happiness")
-    write_csv(os.path.join(tiny_task["inputs"], "bad.csv"), rows)
-    code, out, err = call(predict.main, ["-f", tiny_task["inputs"], "-d", tiny_task["classes"], "-p", "False",
-                                         "--save_path", tiny_task["save"], "--out_dir", str(tmp_path / "p"),
-                                         "--report", "True"])
-    assert code == 1  # the other files are predicted; the bad one is named
+    write_csv(inputs / "bad.csv", rows)
+    code, out, err = call(predict.main, ["-f", str(inputs), "-d", classes, "-p", "False", "--save_path", save,
+                                         "--out_dir", str(tmp_path / "p"), "--report", "True"])
+    assert code == 1  # the good file is predicted and reported; the bad one is named
+    assert os.path.exists(tmp_path / "p" / "report_good" / "metrics.json")
     assert "bad.csv, row 4, column 'emotion': label 'happiness' is not a class" in err
     assert "Traceback" not in err
 
