@@ -14,7 +14,6 @@ predictions holds predictions CSVs only.
 import csv
 import json
 import os
-import tempfile
 
 import numpy as np
 
@@ -115,7 +114,7 @@ def plot_reliability(curves: dict, path: str, title: str) -> None:
     _save_png(fig, path)
 
 
-def plot_learning_curves(history: list, metric: str, best_epoch: int, path: str) -> None:
+def plot_learning_curves(history: list, metric: str, best_epoch: int, path: str, note: str = "") -> None:
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -126,7 +125,7 @@ def plot_learning_curves(history: list, metric: str, best_epoch: int, path: str)
     left.legend()
     shown = metric if metric != "loss" else "macro_f1"
     right.plot(epochs, [h[f"valid_{shown}"] for h in history], marker="o", color="tab:green",
-               label=f"validation {shown}")
+               label=f"validation {shown}{note}")
     right.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
     right.set_xlabel("epoch")
     right.set_ylabel(shown)
@@ -167,7 +166,9 @@ def write_report(folder: str, probs: np.ndarray, labels: list, names: list, mult
     metrics = {"rows": len(labels), "multi_label": multi_label, "accuracy": result["accuracy"],
                "macro_f1": result["macro_f1"], "ece": result["ece"], "per_class": result["per_class"]}
     if history:
-        plot_learning_curves(history, metric, best_epoch, os.path.join(folder, "learning_curves.png"))
+        # per-epoch multi-label scores use the 0.5 threshold: thresholds are tuned once, after training
+        plot_learning_curves(history, metric, best_epoch, os.path.join(folder, "learning_curves.png"),
+                             " (thresholds 0.5)" if multi_label else "")
         metrics.update({"best_epoch": best_epoch, "metric": metric, "epochs": history})
     metrics.update(extra or {})
     write_json(os.path.join(folder, "metrics.json"), metrics)
@@ -182,8 +183,8 @@ def training_report(save_path: str, logits, labels: list, names: list, multi_lab
     logits = np.asarray(logits, dtype=np.float64)
     fit = calibrate.calibrate(logits, labels, len(names), multi_label)
     saved = fit["saved"]
-    fd, staged = tempfile.mkstemp(prefix=".calibration.", suffix=".json", dir=save_path)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    staged = os.path.join(save_path, f".calibration.{os.getpid()}.json")  # open(), not mkstemp: usual permissions
+    with open(staged, "w", encoding="utf-8") as f:
         f.write(json.dumps(saved, indent=2) + "\n")
     commit_files(save_path, {"calibration.json": staged})  # keeps the manifest's hashes true
     probs = calibrate.probabilities(logits, multi_label, saved["temperature"])
