@@ -81,6 +81,10 @@ class Config:
                          group="predict")
     out_dir: str = opt("predictions", "folder for the predictions CSVs (one per input file)", group="predict")
     overwrite: bool = opt(False, "predict again files whose predictions are already up to date", group="predict")
+    allow_empty: bool = opt(False, "multi-label: a row whose classes are all under their thresholds gets no label "
+                            "(default: the most probable class)", group="predict")
+    report: bool = opt(False, "for input CSVs that have the label column: write accuracy, per-class report, "
+                       "confusion matrix and reliability diagram into out_dir/report_<file stem>/", group="predict")
 
 
 def str2bool(value: str) -> bool:

@@ -2,6 +2,7 @@
 
     python predict.py -f inputs/ -d classes.json -p False
     python predict.py -f big_folder/ --save_path runs/emotions --out_dir preds/ --batch_size 64
+    python predict.py -f test_folder/ -d classes.json --report True   # labelled CSVs: + out_dir/report_<stem>/
 
 Each input file gets a predictions CSV in --out_dir: the sentence, the predicted class in `label` (multi-label:
 the chosen classes joined by commas) and one column per class, named as the class, with its probability.
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 
 from config import Config, InputError, build_parser, run_cli
+from report import has_column
 
 CHUNK_ROWS = 8192  # rows read, sorted by length and predicted at a time: bounds memory on huge files
 RUNTIME_FIELDS = ("input_dir", "dict_path", "parallel", "save_path", "out_dir", "device", "precision",
-                  "batch_size", "num_workers", "overwrite")
+                  "batch_size", "num_workers", "overwrite", "allow_empty", "report")
 STATE_FILE = "predict_state.json"  # which inputs are done, and with which model: not a .csv on purpose
 
 
@@ -79,8 +81,11 @@ def file_signature(path: str) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names: list, run, extra: dict) -> dict:
-    """Stream `path` through the model into `out_path` (written to a temporary file, then renamed)."""
+def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names: list, run, extra: dict,
+                 keep_probs: list = None) -> dict:
+    """Stream `path` through the model into `out_path` (written to a temporary file, then renamed);
+    `keep_probs` collects the probability chunks for --report."""
+    from calibrate import decide
     from checkpoint import atomic_path
     from dataset import iter_predict_file
     thresholds = extra.get("thresholds")
@@ -94,8 +99,9 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
         for _, texts in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped):
             probs = predict_probabilities(model, tokenizer, texts, cfg.max_length, cfg.batch_size, run,
                                           cfg.multi_label, temperature)
-            from engine import decide
-            chosen = decide(probs, cfg.multi_label, thresholds)
+            chosen = decide(probs, cfg.multi_label, thresholds, cfg.allow_empty)
+            if keep_probs is not None:
+                keep_probs.append(probs)
             for text, p, c in zip(texts, probs, chosen):
                 label = ",".join(names[j] for j in np.flatnonzero(c)) if cfg.multi_label else names[c]
                 writer.writerow([text, label, *(f"{x:.6f}" for x in p)])
@@ -107,6 +113,18 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     return {"rows": n_rows, "seconds": time.perf_counter() - started}
 
 
+def file_report(path: str, folder: str, probs: np.ndarray, labels: list, cfg: Config, names: list,
+                extra: dict) -> None:
+    """--report: the labels of `path` against the predictions just written for it, as train.py's report."""
+    from report import write_report
+    if len(labels) != len(probs):
+        raise InputError(f"{path}: {len(labels)} labelled rows but {len(probs)} predicted ones")
+    metrics = write_report(folder, probs, labels, names, cfg.multi_label, extra.get("thresholds"),
+                           cfg.allow_empty, title=os.path.basename(path))
+    print(f"{os.path.basename(path)}: accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} "
+          f"ECE {metrics['ece']:.4f} -> report in {folder}")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     given = vars(args)
@@ -114,7 +132,7 @@ def main(argv=None) -> int:
     runtime = {k: given.get(k, getattr(defaults, k)) for k in RUNTIME_FIELDS}
 
     from checkpoint import load_model, sha256_file, write_json
-    from dataset import load_label_map
+    from dataset import load_label_map, load_labelled_csv
     from engine import setup_run
     if not os.path.isdir(runtime["input_dir"]):
         raise InputError(f"{runtime['input_dir']}: input folder not found")
@@ -153,7 +171,8 @@ def main(argv=None) -> int:
         except (OSError, ValueError):
             state = {}
     model_id = sha256_file(os.path.join(cfg.save_path, "manifest.json"))
-    settings = {"model": model_id, "max_length": cfg.max_length, "text_col": cfg.text_col}
+    settings = {"model": model_id, "max_length": cfg.max_length, "text_col": cfg.text_col,
+                "allow_empty": cfg.allow_empty, "report": cfg.report}
 
     failed, total_rows, total_s = [], 0, 0.0
     for name, out_name in output_names(files).items():
@@ -163,8 +182,15 @@ def main(argv=None) -> int:
                 done.get("settings") == settings and os.path.exists(dst)):
             print(f"{name}: up to date in {dst} (use --overwrite to predict it again)")
             continue
+        labelled = cfg.report and has_column(src, cfg.label_col)
+        probs = [] if labelled else None
         try:
-            stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra)
+            # labels are checked before predicting, so a bad label costs no model time
+            truth = load_labelled_csv(src, cfg.text_col, cfg.label_col, names, cfg.multi_label) if labelled else None
+            stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra, probs)
+            if labelled:
+                folder = os.path.join(cfg.out_dir, f"report_{os.path.splitext(out_name)[0]}")
+                file_report(src, folder, np.concatenate(probs), truth.labels, cfg, names, extra)
         except InputError as e:
             print(f"error: {e}", file=sys.stderr)
             failed.append(name)
@@ -172,6 +198,8 @@ def main(argv=None) -> int:
         total_rows += stats["rows"]
         total_s += stats["seconds"]
         print(f"{name}: {stats['rows']} rows -> {dst} ({stats['rows'] / stats['seconds']:.1f} sentences/s)")
+        if cfg.report and not labelled:
+            print(f"{name}: no '{cfg.label_col}' column, no report")
         state[name] = {"input": file_signature(src), "settings": settings, "output": out_name}
         write_json(state_path, state)
     if total_rows:

@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                   f"accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} | "
                   f"{record['train_samples_per_s']:.1f} samples/s{' | best so far, saved' if improved else ''}")
         if improved:
-            best, best_epoch, stale = metrics[cfg.metric], epoch, 0
+            best, best_epoch, best_logits, stale = metrics[cfg.metric], epoch, logits, 0
             if run.is_main:
                 save_model(cfg.save_path, unwrap(model), tokenizer, cfg, names, {"temperature": 1.0})
         else:
@@ -186,6 +186,10 @@ def main(argv=None) -> int:
             run.print(f"early stop: {stale} epoch(s) without a better valid {cfg.metric}")
             break
 
+    if run.is_main:  # temperature, multi-label thresholds and save_path/report/ from the best epoch
+        from report import training_report
+        training_report(cfg.save_path, best_logits.numpy(), valid_target, names, cfg.multi_label, history,
+                        cfg.metric, best_epoch, run.print)
     best_record = history[best_epoch - 1]
     run.print(f"done: best epoch {best_epoch} | valid accuracy {best_record['valid_accuracy']:.4f} "
               f"macro-F1 {best_record['valid_macro_f1']:.4f} loss {best_record['valid_loss']:.4f} | "

@@ -1,0 +1,161 @@
+"""Reproduce the accuracy table of README: GoEmotions dev macro-F1 with the embedded checkpoint.
+
+    python bench/accuracy.py                       # every row (about an hour of a 2-core CPU)
+    python bench/accuracy.py --rows ekman_ml       # one row
+    python bench/accuracy.py --convert_only        # only write the CSVs and label maps, print their paths
+    python bench/accuracy.py --train_rows 8000 --rows ekman_ml -- --n_epochs 1   # a quick subset; extra flags
+                                                                                  # after -- go to train.py
+
+The multi-label rows read the GoEmotions TSVs (text, comma-separated label ids, comment id) from
+../shared/data/goemotions/{original,ekman,group} relative to the repository root, convert them to the CSV
+format train.py reads (columns sentences,emotion; label ids joined by commas) in a temporary folder, and
+train with --valid_path = the dev split. The single-label rows use the shipped data/train.csv and
+data/dev.csv. Each row prints its command and wall time; the table is written to bench/results/accuracy.md.
+Thresholds (multi-label) and the temperature are tuned on that same dev split, as train.py does with any
+--valid_path, so the table also gives macro-F1 at the fixed 0.5 threshold and a 2-fold cross-fitted
+estimate (thresholds tuned on one half of dev, scored on the other) that is not optimistic.
+"""
+import argparse
+import csv
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOEMOTIONS = os.path.join(ROOT, "..", "shared", "data", "goemotions")
+PYTHON = sys.executable
+
+# name -> (taxonomy or None for the shipped single-label data, extra train.py flags, target macro-F1 or None)
+ROWS = {
+    "ekman_ml": ("ekman", ["--multi_label", "True"], 0.62),
+    "original_ml": ("original", ["--multi_label", "True"], 0.46),
+    "group_ml": ("group", ["--multi_label", "True"], 0.68),
+    "ekman_sl": (None, [], None),
+    "ekman_sl_balanced": (None, ["--class_weights", "balanced"], None),
+}
+
+
+def read_names(folder: str) -> list:
+    with open(os.path.join(folder, "labels.txt"), encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def convert_split(tsv_path: str, csv_path: str, keep: int = 0, seed: int = 0) -> int:
+    """GoEmotions TSV -> the tool's CSV (sentences, emotion = ids joined by commas); `keep` > 0 samples rows."""
+    with open(tsv_path, encoding="utf-8", newline="") as f:
+        rows = [(r[0], r[1]) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 2]
+    if 0 < keep < len(rows):
+        rows = random.Random(seed).sample(rows, keep)
+    with open(csv_path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sentences", "emotion"])
+        writer.writerows(rows)
+    return len(rows)
+
+
+def convert_taxonomy(taxonomy: str, out_dir: str, train_rows: int = 0) -> dict:
+    """Write train.csv, dev.csv and classes.json of one taxonomy into out_dir; return their paths."""
+    src = os.path.join(GOEMOTIONS, taxonomy)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"train": os.path.join(out_dir, "train.csv"), "dev": os.path.join(out_dir, "dev.csv"),
+             "classes": os.path.join(out_dir, "classes.json")}
+    convert_split(os.path.join(src, "train.tsv"), paths["train"], train_rows)
+    convert_split(os.path.join(src, "dev.tsv"), paths["dev"])
+    with open(paths["classes"], "w", encoding="utf-8") as f:
+        json.dump({name: i for i, name in enumerate(read_names(src))}, f, indent=2)
+    return paths
+
+
+def sample_csv(src: str, dst: str, keep: int, seed: int = 0) -> str:
+    """The first `keep` rows of a seeded shuffle of a CSV (header kept)."""
+    with open(src, encoding="utf-8", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    rows = random.Random(seed).sample(rows, keep) if 0 < keep < len(rows) else rows
+    with open(dst, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return dst
+
+
+def row_command(name: str, work: str, train_rows: int, extra: list) -> list:
+    taxonomy, flags, _ = ROWS[name]
+    save = os.path.join(work, f"model_{name}")
+    if taxonomy:
+        paths = convert_taxonomy(taxonomy, os.path.join(work, taxonomy), train_rows)
+    else:
+        train = os.path.join(ROOT, "data", "train.csv")
+        if train_rows:
+            train = sample_csv(train, os.path.join(work, f"train_{train_rows}.csv"), train_rows)
+        paths = {"train": train, "dev": os.path.join(ROOT, "data", "dev.csv"),
+                 "classes": os.path.join(ROOT, "classes.json")}
+    return [PYTHON, os.path.join(ROOT, "train.py"), "-d", paths["classes"], "-p", "False",
+            "--train_path", paths["train"], "--valid_path", paths["dev"], "--save_path", save, *flags, *extra]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--train_rows", type=int, default=0, help="sample this many training rows (0 = all)")
+    parser.add_argument("--work_dir", default="", help="folder for CSVs and models (default: a temporary one)")
+    parser.add_argument("--convert_only", action="store_true")
+    parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
+    args = parser.parse_args(argv)
+    work = args.work_dir or tempfile.mkdtemp(prefix="goemotions_")
+    os.makedirs(work, exist_ok=True)
+    results = []
+    for name in args.rows:
+        command = row_command(name, work, args.train_rows, args.extra)
+        if args.convert_only:
+            print(shlex.join(command))
+            continue
+        print(f"== {name}: {shlex.join(command)}", flush=True)
+        started = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            print(f"{name}: train.py failed with exit code {done.returncode}", file=sys.stderr)
+            return 1
+        with open(os.path.join(command[command.index("--save_path") + 1], "report", "metrics.json")) as f:
+            metrics = json.load(f)
+        results.append((name, command, wall, metrics))
+        print(f"{name}: macro-F1 {metrics['macro_f1']:.4f} in {wall / 60:.1f} min", flush=True)
+    if results:
+        write_table(results, args)
+    return 0
+
+
+def write_table(results: list, args) -> None:
+    lines = ["| row | dev macro-F1 (tuned thresholds) | at 0.5 | cross-fitted | accuracy | target | "
+             "ECE before -> after | best epoch | wall time | command |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, command, wall, m in results:
+        target = ROWS[name][2]
+        shown = [a if not a.startswith(("/", ROOT)) else os.path.relpath(a, ROOT) for a in command[1:]]
+        lines.append(f"| {name} | {m['macro_f1']:.4f} | {m.get('macro_f1_at_0.5', m['macro_f1']):.4f} | "
+                     f"{m.get('macro_f1_cross_fitted', m['macro_f1']):.4f} | {m['accuracy']:.4f} | "
+                     f"{'-' if target is None else f'>= {target}'} | {m['ece_before']:.4f} -> "
+                     f"{m['ece_after']:.4f} | {m['best_epoch']} | {wall / 60:.1f} min | "
+                     f"`python {' '.join(shown)}` |")
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    path = os.path.join(ROOT, "bench", "results", "accuracy.md")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"\n<!-- python bench/accuracy.py {' '.join(argv_of(args))} -->\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"appended to {path}")
+
+
+def argv_of(args) -> list:
+    out = ["--rows", *args.rows]
+    if args.train_rows:
+        out += ["--train_rows", str(args.train_rows)]
+    return out + (["--", *args.extra] if args.extra else [])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Reports a person can look at: where the classifier fails and whether its probabilities can be trusted.
+
+`write_report(folder, ...)` writes, for one labelled set of predictions:
+    metrics.json                 every number (accuracy, macro-F1, per-class scores, ECE, the run's history)
+    classification_report.txt    sklearn's per-class precision, recall, F1 and support, as sklearn prints it
+    confusion_matrix.png         true class (rows) vs predicted class (columns), counts and row-normalised colour;
+                                 multi-label: how often a row with true class i was given class j
+    reliability.png              confidence vs observed frequency per bin, before and after temperature scaling
+    learning_curves.png          train and validation loss and the validation metric per epoch (training only)
+train.py writes it into save_path/report/ for the best epoch; predict.py --report into out_dir/report_<stem>/.
+Plots use matplotlib's Agg backend: no display is needed. No file here is a .csv, so an out_dir of
+predictions holds predictions CSVs only.
+"""
+import csv
+import json
+import os
+
+import numpy as np
+
+import calibrate
+
+CONFUSION_NAME_LIMIT = 40  # beyond this many classes the matrix is drawn without per-cell numbers
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # never open a window, works on a server without a display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_png(fig, path: str) -> None:
+    from checkpoint import atomic_path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def has_column(path: str, column: str) -> bool:
+    """Whether a CSV's header names `column` (False for .txt files and unreadable headers)."""
+    if not path.lower().endswith(".csv"):
+        return False
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return column in [h.strip() for h in header]
+
+
+# ------------------------------------------------------------------------------------------------- numbers
+def evaluate_predictions(probs: np.ndarray, labels: list, names: list, multi_label: bool, thresholds=None,
+                         allow_empty: bool = False) -> dict:
+    """Decisions as predict.py makes them, and sklearn's metrics of them: the core of every report."""
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+    n = len(names)
+    y = calibrate.target_matrix(labels, n) if multi_label else np.asarray(labels)
+    pred = calibrate.decide(probs, multi_label, thresholds, allow_empty)
+    common = {"labels": list(range(n)), "zero_division": 0}
+    return {"y": y, "pred": pred,
+            "text": classification_report(y, pred, target_names=names, digits=4, **common),
+            "per_class": classification_report(y, pred, target_names=names, output_dict=True, **common),
+            "accuracy": float(accuracy_score(y, pred)),
+            "macro_f1": float(f1_score(y, pred, average="macro", **common)),
+            "ece": calibrate.expected_calibration_error(probs, y, multi_label)[0]}
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int, multi_label: bool) -> np.ndarray:
+    """(classes, classes) counts: [i, j] = rows of true class i given class j (multi-label: co-occurrence)."""
+    if not multi_label:
+        from sklearn.metrics import confusion_matrix
+        return confusion_matrix(y, pred, labels=list(range(n_classes)))
+    return y.T.astype(int) @ pred.astype(int)
+
+
+# --------------------------------------------------------------------------------------------------- plots
+def plot_confusion(matrix: np.ndarray, names: list, path: str, title: str) -> None:
+    plt = _pyplot()
+    n = len(names)
+    size = max(4.5, 0.45 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    # colour by row share, so a rare class's mistakes show as clearly as a frequent one's
+    share = matrix / np.maximum(1, matrix.sum(axis=1, keepdims=True))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's rows")
+    ax.set_xticks(range(n), names, rotation=60, ha="right", fontsize=8 if n > 10 else 10)
+    ax.set_yticks(range(n), names, fontsize=8 if n > 10 else 10)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title, fontsize=10)
+    if n <= CONFUSION_NAME_LIMIT:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=6 if n > 10 else 8,
+                        color="white" if share[i, j] > 0.5 else "black")
+    _save_png(fig, path)
+
+
+def plot_reliability(curves: dict, path: str, title: str) -> None:
+    """curves: label -> (ece, mean confidence per bin, observed frequency per bin, count per bin)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    for (label, (ece, conf, acc, count)), marker in zip(curves.items(), "os^"):
+        keep = count > 0
+        ax.plot(conf[keep], acc[keep], marker=marker, label=f"{label} (ECE {ece:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted probability (bin mean)")
+    ax.set_ylabel("observed frequency")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    _save_png(fig, path)
+
+
+def plot_learning_curves(history: list, metric: str, best_epoch: int, path: str, note: str = "") -> None:
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [h["train_loss"] for h in history], marker="o", label="train loss")
+    left.plot(epochs, [h["valid_loss"] for h in history], marker="o", label="validation loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    left.legend()
+    shown = metric if metric != "loss" else "macro_f1"
+    right.plot(epochs, [h[f"valid_{shown}"] for h in history], marker="o", color="tab:green",
+               label=f"validation {shown}{note}")
+    right.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch ({best_epoch})")
+    right.set_xlabel("epoch")
+    right.set_ylabel(shown)
+    right.legend()
+    for ax in (left, right):
+        ax.set_xticks(epochs)
+        ax.grid(alpha=0.3)
+    fig.suptitle("learning curves")
+    _save_png(fig, path)
+
+
+# -------------------------------------------------------------------------------------------------- report
+def write_report(folder: str, probs: np.ndarray, labels: list, names: list, multi_label: bool, thresholds=None,
+                 allow_empty: bool = False, raw_probs: np.ndarray = None, extra: dict = None,
+                 history: list = None, metric: str = "macro_f1", best_epoch: int = None,
+                 title: str = "") -> dict:
+    """Write the report files for `probs` (temperature applied) against `labels` into `folder`; return metrics.
+
+    raw_probs (before temperature scaling) adds the 'before' curve to the reliability diagram; `extra` is
+    merged into metrics.json; `history` (train.py's per-epoch records) adds the learning curves.
+    """
+    from checkpoint import write_atomic, write_json
+    os.makedirs(folder, exist_ok=True)
+    result = evaluate_predictions(probs, labels, names, multi_label, thresholds, allow_empty)
+    y = result["y"]
+    write_atomic(os.path.join(folder, "classification_report.txt"), result["text"].encode("utf-8"))
+    kind = "co-occurrence of true and predicted classes" if multi_label else "confusion matrix"
+    plot_confusion(confusion(y, result["pred"], len(names), multi_label), names,
+                   os.path.join(folder, "confusion_matrix.png"), f"{title}: {kind}" if title else kind)
+    curves = {}
+    if raw_probs is not None:
+        curves["before temperature scaling"] = calibrate.expected_calibration_error(raw_probs, y, multi_label)
+    curves["after" if raw_probs is not None else "model"] = calibrate.expected_calibration_error(
+        probs, y, multi_label)
+    what = "every (row, class) probability" if multi_label else "top-class confidence"
+    plot_reliability(curves, os.path.join(folder, "reliability.png"),
+                     f"{title}: reliability of {what}" if title else f"reliability of {what}")
+    metrics = {"rows": len(labels), "multi_label": multi_label, "accuracy": result["accuracy"],
+               "macro_f1": result["macro_f1"], "ece": result["ece"], "per_class": result["per_class"]}
+    if history:
+        # per-epoch multi-label scores use the 0.5 threshold: thresholds are tuned once, after training
+        plot_learning_curves(history, metric, best_epoch, os.path.join(folder, "learning_curves.png"),
+                             " (thresholds 0.5)" if multi_label else "")
+        metrics.update({"best_epoch": best_epoch, "metric": metric, "epochs": history})
+    metrics.update(extra or {})
+    write_json(os.path.join(folder, "metrics.json"), metrics)
+    return {**metrics, "text": result["text"]}
+
+
+def training_report(save_path: str, logits, labels: list, names: list, multi_label: bool, history: list,
+                    metric: str, best_epoch: int, print_fn=print) -> dict:
+    """After training: fit the temperature (and thresholds) on the best epoch's validation logits, store them in
+    the model folder's calibration.json, write save_path/report/ and print a summary."""
+    from checkpoint import commit_files
+    logits = np.asarray(logits, dtype=np.float64)
+    fit = calibrate.calibrate(logits, labels, len(names), multi_label)
+    saved = fit["saved"]
+    staged = os.path.join(save_path, f".calibration.{os.getpid()}.json")  # open(), not mkstemp: usual permissions
+    with open(staged, "w", encoding="utf-8") as f:
+        f.write(json.dumps(saved, indent=2) + "\n")
+    commit_files(save_path, {"calibration.json": staged})  # keeps the manifest's hashes true
+    probs = calibrate.probabilities(logits, multi_label, saved["temperature"])
+    extra = {"temperature": saved["temperature"], "nll_before": fit["nll_before"], "nll_after": fit["nll_after"],
+             "ece_before": fit["ece_before"], "ece_after": fit["ece_after"]}
+    if multi_label:
+        y = calibrate.target_matrix(labels, len(names))
+        extra["thresholds"] = dict(zip(names, saved["thresholds"]))
+        at_half = evaluate_predictions(probs, labels, names, True)
+        extra["macro_f1_at_0.5"] = at_half["macro_f1"]
+        from sklearn.metrics import f1_score
+        extra["macro_f1_cross_fitted"] = float(f1_score(y, calibrate.cross_fitted_predictions(probs, y),
+                                                        average="macro", zero_division=0))
+    folder = os.path.join(save_path, "report")
+    metrics = write_report(folder, probs, labels, names, multi_label, saved.get("thresholds"),
+                           raw_probs=calibrate.probabilities(logits, multi_label), extra=extra, history=history,
+                           metric=metric, best_epoch=best_epoch, title=f"validation, epoch {best_epoch}")
+    print_fn(f"\nvalidation report (best epoch {best_epoch}, temperature {saved['temperature']:.3f}"
+             f"{', per-class thresholds tuned for F1' if multi_label else ''}):\n{metrics['text']}")
+    print_fn(f"calibration: ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}, NLL {fit['nll_before']:.4f} -> "
+             f"{fit['nll_after']:.4f} | accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}"
+             + (f" (at 0.5: {extra['macro_f1_at_0.5']:.4f}, cross-fitted: {extra['macro_f1_cross_fitted']:.4f})"
+                if multi_label else "") + f"\nreport: {folder}")
+    return metrics

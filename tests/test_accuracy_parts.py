@@ -1,0 +1,283 @@
+"""Multi-label thresholds, the fallback, class weights, temperature scaling, the report files and predict --report."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import calibrate
+from conftest import NAMES, call, make_rows, write_classes, write_csv
+
+PNGS = ("confusion_matrix.png", "reliability.png", "learning_curves.png")
+
+
+# ------------------------------------------------------------------------------------------- thresholds
+def test_thresholds_maximise_each_class_f1_on_a_hand_made_case():
+    probs = np.array([[0.90, 0.20], [0.80, 0.60], [0.35, 0.55], [0.30, 0.50], [0.10, 0.45]])
+    y = np.array([[1, 0], [1, 1], [0, 1], [0, 0], [0, 1]])
+    t = calibrate.tune_thresholds(probs, y)
+    # class 0: the two positives rank first, the cut lies halfway between 0.80 and 0.35
+    assert t[0] == pytest.approx(0.575)
+    # class 1: taking the top 2 (0.60, 0.55) gives F1 0.8, the top 4 (down to 0.45) gives 2*3/(4+3) = 0.857
+    assert t[1] == pytest.approx((0.45 + 0.20) / 2)
+    pred = (probs >= t).astype(int)
+    from sklearn.metrics import f1_score
+    assert f1_score(y[:, 0], pred[:, 0]) == 1.0
+    assert f1_score(y[:, 1], pred[:, 1]) == pytest.approx(6 / 7)
+
+
+def test_thresholds_beat_every_grid_threshold_and_default_when_class_absent():
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 4)) < [0.5, 0.2, 0.05, 0.0]).astype(int)
+    probs = np.clip(0.3 * y + rng.random((200, 4)) * 0.7, 0, 1)
+    t = calibrate.tune_thresholds(probs, y)
+    from sklearn.metrics import f1_score
+    for c in range(3):
+        tuned = f1_score(y[:, c], probs[:, c] >= t[c])
+        assert all(tuned >= f1_score(y[:, c], probs[:, c] >= g) - 1e-12 for g in np.linspace(0, 1, 101))
+    assert t[3] == calibrate.DEFAULT_THRESHOLD  # no positive row: nothing to tune
+
+
+def test_ties_never_split_by_a_threshold():
+    probs = np.array([[0.7], [0.7], [0.2]])
+    y = np.array([[1], [0], [0]])
+    t = calibrate.tune_thresholds(probs, y)[0]
+    assert t < 0.7 and t > 0.2  # both 0.7 rows are taken or neither; taking them is best here
+
+
+def test_fallback_never_yields_an_empty_prediction_unless_allowed():
+    rng = np.random.default_rng(1)
+    probs = rng.random((500, 6)) * 0.3  # every probability under every threshold
+    thresholds = np.full(6, 0.9)
+    pred = calibrate.decide(probs, True, thresholds)
+    assert pred.sum(axis=1).min() >= 1
+    assert (pred.argmax(axis=1) == probs.argmax(axis=1)).all()
+    assert calibrate.decide(probs, True, thresholds, allow_empty=True).sum() == 0
+
+
+def test_balanced_class_weights_match_their_formula():
+    from engine import balanced_class_weights
+    counts, n_rows = [50, 30, 20, 0], 100
+    single = balanced_class_weights(counts, n_rows, multi_label=False)
+    assert single[:3].tolist() == pytest.approx([100 / (4 * 50), 100 / (4 * 30), 100 / (4 * 20)])
+    multi = balanced_class_weights(counts, n_rows, multi_label=True)
+    assert multi[:3].tolist() == pytest.approx([50 / 50, 70 / 30, 80 / 20])
+    assert single[3] == multi[3] == 1.0
+    from sklearn.utils.class_weight import compute_class_weight
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    sk = compute_class_weight("balanced", classes=np.array([0, 1, 2]), y=labels)
+    assert balanced_class_weights([50, 30, 20], 100, False).tolist() == pytest.approx(sk.tolist())
+
+
+# ----------------------------------------------------------------------------------------- temperature
+def overconfident_logits(n=2000, classes=4, seed=0):
+    """Logits five times too large: the labels are drawn from softmax(logits / 5), so T = 5 is the truth."""
+    rng = np.random.default_rng(seed)
+    calibrated = rng.normal(0, 2.0, (n, classes))
+    p = torch.softmax(torch.as_tensor(calibrated), dim=-1).numpy()
+    y = np.array([rng.choice(classes, p=row) for row in p])
+    return calibrated * 5, y
+
+
+def test_temperature_lowers_validation_nll_and_ece_of_an_overconfident_model():
+    logits, y = overconfident_logits()
+    t = calibrate.fit_temperature(logits, y, multi_label=False)
+    assert t == pytest.approx(5, rel=0.2)
+    assert calibrate.nll(logits, y, False, t) < 0.5 * calibrate.nll(logits, y, False)
+    fit = calibrate.calibrate(logits, list(y), 4, multi_label=False)
+    assert fit["nll_after"] < fit["nll_before"]
+    assert fit["ece_after"] < fit["ece_before"] / 3
+    # temperature never changes the single-label decision
+    assert (calibrate.probabilities(logits, False, t).argmax(1) == logits.argmax(1)).all()
+
+
+def test_shared_temperature_for_multi_label():
+    rng = np.random.default_rng(2)
+    y = (rng.random((1000, 3)) < 0.3).astype(int)
+    logits = (2 * y - 1) * 1.5 + rng.normal(0, 1.5, y.shape)
+    t = calibrate.fit_temperature(logits * 4, y, multi_label=True)
+    assert t == pytest.approx(4, rel=0.25)
+    assert calibrate.nll(logits * 4, y, True, t) < calibrate.nll(logits * 4, y, True)
+
+
+def test_ece_is_zero_when_confidence_matches_frequency():
+    probs = np.tile([[0.8, 0.2]], (1000, 1))
+    y = np.array([0] * 800 + [1] * 200)
+    assert calibrate.expected_calibration_error(probs, y, False)[0] == pytest.approx(0.0, abs=1e-9)
+    assert calibrate.expected_calibration_error(probs, np.zeros(1000, int), False)[0] == pytest.approx(0.2)
+
+
+# ---------------------------------------------------------------------------------------------- reports
+def assert_real_png(path):
+    from PIL import Image
+    assert os.path.getsize(path) > 1000, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels.var() > 50, f"{path} looks blank"
+
+
+def test_report_pngs_are_written_and_not_blank(tmp_path):
+    from report import write_report
+    logits, y = overconfident_logits(300, 3)
+    history = [{"epoch": e, "train_loss": 1.0 / e, "valid_loss": 1.2 / e, "valid_macro_f1": 0.5 + 0.1 * e}
+               for e in (1, 2, 3)]
+    out = write_report(str(tmp_path), calibrate.probabilities(logits, False, 5.0), list(y), NAMES, False,
+                       raw_probs=calibrate.probabilities(logits, False), history=history, best_epoch=3)
+    for name in PNGS:
+        assert_real_png(tmp_path / name)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["macro_f1"] == pytest.approx(out["macro_f1"]) and saved["best_epoch"] == 3
+    assert "precision" in (tmp_path / "classification_report.txt").read_text()
+    assert not any(n.endswith(".csv") for n in os.listdir(tmp_path))
+
+
+def multi_rows(n, seed=0):
+    """Multi-label rows: one or two classes, each named in the sentence by its words."""
+    from conftest import WORDS
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        chosen = sorted({NAMES[i % 3], *([NAMES[rng.integers(3)]] if i % 4 == 0 else [])})
+        words = [w for name in chosen for w in rng.choice(WORDS[name], 3)]
+        rows.append((" ".join(["i", "feel", *words]), ",".join(chosen)))
+    return rows
+
+
+def test_multi_label_training_tunes_thresholds_calibrates_and_reports(tmp_path, tiny_task):
+    import predict
+    import train
+    data = write_csv(tmp_path / "ml.csv", multi_rows(120))
+    save = str(tmp_path / "ml_model")
+    args = [a if a != tiny_task["train"] else data for a in tiny_task["args"]]
+    args[args.index(tiny_task["save"])] = save
+    code, out, err = call(train.main, args + ["--multi_label", "True"])
+    assert code == 0, err
+    calibration = json.loads(open(os.path.join(save, "calibration.json")).read())
+    assert len(calibration["thresholds"]) == 3 and calibration["temperature"] > 0
+    assert "ECE" in out and "report:" in out
+    for name in PNGS:
+        assert_real_png(os.path.join(save, "report", name))
+    metrics = json.loads(open(os.path.join(save, "report", "metrics.json")).read())
+    assert {"ece_before", "ece_after", "macro_f1_at_0.5", "macro_f1_cross_fitted"} <= set(metrics)
+    # the saved calibration passes the manifest check, and predict applies it
+    inputs = tmp_path / "ml_inputs"
+    inputs.mkdir()
+    write_csv(inputs / "test.csv", multi_rows(30, seed=5))
+    out_dir = str(tmp_path / "preds")
+    code, out, err = call(predict.main, ["-f", str(inputs), "-d", tiny_task["classes"], "-p", "False",
+                                         "--save_path", save, "--out_dir", out_dir, "--report", "True"])
+    assert code == 0, err
+    with open(os.path.join(out_dir, "test.csv"), encoding="utf-8") as f:
+        predicted = list(csv.DictReader(f))
+    assert all(row["label"] for row in predicted)  # the fallback: never an empty prediction
+    assert_report_matches_sklearn(os.path.join(inputs, "test.csv"), os.path.join(out_dir, "test.csv"),
+                                  os.path.join(out_dir, "report_test"), multi_label=True)
+
+
+def assert_report_matches_sklearn(labelled_csv, predictions_csv, folder, multi_label):
+    """The report's text is sklearn's classification_report of the labels vs the predictions file's labels."""
+    from sklearn.metrics import classification_report
+    with open(labelled_csv, encoding="utf-8") as f:
+        truth = [row["emotion"] for row in csv.DictReader(f)]
+    with open(predictions_csv, encoding="utf-8") as f:
+        predicted = [row["label"] for row in csv.DictReader(f)]
+    assert len(truth) == len(predicted)
+    if multi_label:
+        from sklearn.preprocessing import MultiLabelBinarizer
+        binarize = MultiLabelBinarizer(classes=NAMES).fit([NAMES])
+        y, pred = binarize.transform([t.split(",") for t in truth]), binarize.transform(
+            [p.split(",") if p else [] for p in predicted])
+        expected = classification_report(y, pred, target_names=NAMES, labels=[0, 1, 2], digits=4, zero_division=0)
+    else:
+        expected = classification_report(truth, predicted, labels=NAMES, digits=4, zero_division=0)
+    assert open(os.path.join(folder, "classification_report.txt"), encoding="utf-8").read() == expected
+    for name in ("confusion_matrix.png", "reliability.png"):
+        assert_real_png(os.path.join(folder, name))
+
+
+@pytest.fixture(scope="module")
+def single_label_model(tmp_path_factory, tiny_bert):
+    """A tiny single-label model trained once for this module: (save_path, classes.json, train.py stdout)."""
+    import train
+    folder = tmp_path_factory.mktemp("single_label")
+    classes = write_classes(folder / "classes.json")
+    data = write_csv(folder / "train.csv", make_rows(90))
+    save = str(folder / "model")
+    code, out, err = call(train.main, ["-d", classes, "-p", "False", "--train_path", data, "--bert_name", tiny_bert,
+                                       "--save_path", save, "--n_epochs", "2", "--batch_size", "8", "--lr_main",
+                                       "1e-3", "--lr", "5e-3", "--max_length", "32"])
+    assert code == 0, err
+    return save, classes, out
+
+
+def test_training_report_single_label(single_label_model):
+    save, _, out = single_label_model
+    assert "calibration: ECE" in out and "precision" in out
+    for name in PNGS:
+        assert_real_png(os.path.join(save, "report", name))
+    metrics = json.loads(open(os.path.join(save, "report", "metrics.json")).read())
+    calibration = json.loads(open(os.path.join(save, "calibration.json")).read())
+    assert metrics["temperature"] == calibration["temperature"] and "thresholds" not in calibration
+    assert metrics["nll_after"] <= metrics["nll_before"]
+    assert len(metrics["epochs"]) == 2
+
+
+def test_predict_report_equals_sklearn_and_out_dir_holds_only_prediction_csvs(tmp_path, single_label_model):
+    import predict
+    save, classes, _ = single_label_model
+    inputs = str(tmp_path / "inputs")
+    os.makedirs(inputs)
+    write_csv(os.path.join(inputs, "a.csv"), [(t,) for t, _ in make_rows(12, seed=1)], header=("sentences",))
+    with open(os.path.join(inputs, "b.txt"), "w", encoding="utf-8") as f:
+        f.write("\n".join(t for t, _ in make_rows(7, seed=2)) + "\n")
+    # a labelled test file with names, and one with ids; the unlabelled a.csv and b.txt get no report
+    write_csv(os.path.join(inputs, "test.csv"), make_rows(40, seed=7))
+    write_csv(os.path.join(inputs, "ids.csv"), [(t, NAMES.index(n)) for t, n in make_rows(20, seed=8)])
+    out_dir = str(tmp_path / "preds")
+    code, out, err = call(predict.main, ["-f", inputs, "-d", classes, "-p", "False", "--save_path", save,
+                                         "--out_dir", out_dir, "--report", "True"])
+    assert code == 0, err
+    assert "a.csv: no 'emotion' column, no report" in out
+    assert_report_matches_sklearn(os.path.join(inputs, "test.csv"), os.path.join(out_dir, "test.csv"),
+                                  os.path.join(out_dir, "report_test"), multi_label=False)
+    metrics = json.loads(open(os.path.join(out_dir, "report_ids", "metrics.json")).read())
+    assert metrics["rows"] == 20
+    csvs = sorted(n for n in os.listdir(out_dir) if n.endswith(".csv"))
+    assert csvs == ["a.csv", "b.csv", "ids.csv", "test.csv"]
+    for sub in ("report_test", "report_ids"):
+        assert not any(n.endswith(".csv") for n in os.listdir(os.path.join(out_dir, sub)))
+
+
+def test_predict_report_bad_label_names_file_row_and_column(tmp_path, single_label_model):
+    import predict
+    save, classes, _ = single_label_model
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_csv(inputs / "good.csv", make_rows(5, seed=4))
+    rows = make_rows(6, seed=3)
+    rows[2] = (rows[2][0], "happiness")
+    write_csv(inputs / "bad.csv", rows)
+    code, out, err = call(predict.main, ["-f", str(inputs), "-d", classes, "-p", "False", "--save_path", save,
+                                         "--out_dir", str(tmp_path / "p"), "--report", "True"])
+    assert code == 1  # the good file is predicted and reported; the bad one is named
+    assert os.path.exists(tmp_path / "p" / "report_good" / "metrics.json")
+    assert "bad.csv, row 4, column 'emotion': label 'happiness' is not a class" in err
+    assert "Traceback" not in err
+
+
+def test_multi_label_validation_split_keeps_every_class_and_is_seeded():
+    from dataset import stratified_split
+    rng = np.random.default_rng(0)
+    labels = [sorted({int(rng.integers(3)), *([3] if i % 25 == 0 else [])}) for i in range(500)]
+    a = stratified_split(labels, 0.2, 7, NAMES + ["rare"], True)
+    assert a == stratified_split(labels, 0.2, 7, NAMES + ["rare"], True)
+    valid = [labels[i] for i in a[1]]
+    for c in range(4):
+        share_all = np.mean([c in lab for lab in labels])
+        share_valid = np.mean([c in lab for lab in valid])
+        assert share_valid == pytest.approx(share_all, abs=0.05), c
