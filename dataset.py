@@ -355,9 +355,11 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, lengths: list, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, window_batches: int = BUCKET_WINDOW_BATCHES):
+                 num_replicas: int = 1, rank: int = 0, window_batches: int = None):
         self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
-        self.num_replicas, self.rank, self.window = num_replicas, rank, window_batches
+        # read at construction, not at import, so a benchmark can try other windows
+        self.window = window_batches or BUCKET_WINDOW_BATCHES
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.skip_batches = 0, 0
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:

@@ -1,0 +1,93 @@
+"""What the bench scripts share: the data slices, one contender per subprocess, the matmul peak, the table.
+
+Each contender runs in its own Python process, so its peak resident memory is its own and no state (threads,
+autocast caches, allocator) leaks from one contender into the next. The child writes a JSON result file; the
+parent reads them all and prints one table, with ratios computed from numbers taken in the same run.
+"""
+import csv
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def write_slice(src: str, dst: str, start: int, rows: int) -> int:
+    """Copy data rows [start, start + rows) of a CSV (header kept) to dst; returns the number copied."""
+    with open(src, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        kept = [r for i, r in enumerate(reader) if start <= i < start + rows]
+    with open(dst, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(kept)
+    return len(kept)
+
+
+def read_column(path: str, column: str) -> list:
+    with open(path, encoding="utf-8", newline="") as f:
+        return [row[column] for row in csv.DictReader(f)]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def run_child(script: str, variant: str, workdir: str, extra: list) -> dict:
+    """Run `script --variant variant` in a fresh interpreter; its output goes to workdir/variant.log."""
+    log = os.path.join(workdir, f"{variant}.log")
+    result = os.path.join(workdir, f"{variant}.json")
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        code = subprocess.call([sys.executable, script, "--variant", variant, "--workdir", workdir, *extra],
+                               stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    if code != 0 or not os.path.exists(result):
+        with open(log) as f:
+            tail = f.read()[-2000:]
+        raise SystemExit(f"{variant} failed (exit {code}); end of {log}:\n{tail}")
+    with open(result) as f:
+        out = json.load(f)
+    out["wall_s"] = time.perf_counter() - started
+    print(f"  {variant}: done in {out['wall_s']:.0f}s (load {load_average()})", file=sys.stderr, flush=True)
+    return out
+
+
+def save_result(workdir: str, variant: str, result: dict) -> None:
+    result["peak_rss_mb"] = peak_rss_mb()
+    with open(os.path.join(workdir, f"{variant}.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+
+def matmul_peak_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:
+    """Best GFLOP/s of an n x n matmul in this dtype on this machine, over about `seconds`."""
+    import torch
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype_name]
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b  # first call picks kernels (oneDNN / AMX tiles)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def print_table(header: list, rows: list) -> None:
+    """A Markdown table, so that it can be pasted as it is into the README."""
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+    print(line(cells[0]))
+    print("| " + " | ".join("-" * w for w in widths) + " |")
+    for r in cells[1:]:
+        print(line(r))

