@@ -12,6 +12,7 @@ and the exit code is 2. The best epoch (by --metric) is saved to --save_path, wh
 import dataclasses
 import json
 import os
+import pickle
 import random
 import sys
 import time
@@ -97,7 +98,11 @@ def main(argv=None) -> int:
     seed_everything(cfg.seed)
     model_path = resolve_model_path(cfg.bert_name)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
-    encoder = load_pretrained_encoder(model_path)
+    try:
+        encoder = load_pretrained_encoder(model_path)
+    except pickle.UnpicklingError as e:  # a .bin/.pt holding more than tensors: nothing of it was run
+        raise InputError(f"--bert_name {cfg.bert_name}: refused by torch's weights-only loader, the weights file "
+                         f"holds objects that are not tensors ({str(e).splitlines()[-1].strip()[:200]})")
     limit = max_supported_length(encoder, tokenizer)
     if cfg.max_length > limit:
         raise InputError(f"--max_length {cfg.max_length}: {cfg.bert_name} supports at most {limit} tokens")
