@@ -59,6 +59,7 @@ def test_bad_files_are_reported_and_skipped_the_rest_predicted(tmp_path, trained
     write_csv(inputs / "nocol.csv", [("hello",)], header=("text",))
     (inputs / "blank.txt").write_text("\n  \n", encoding="utf-8")
     (inputs / "ctrl.txt").write_text("fine\nbell \x07 here\n", encoding="utf-8")
+    (inputs / "dup.csv").write_text("sentences,sentences\nhi,there\n", encoding="utf-8")
     out = tmp_path / "out"
     code, stdout, err = call(predict.main, predict_args(trained, inputs, out))
     assert code == 1
@@ -66,7 +67,8 @@ def test_bad_files_are_reported_and_skipped_the_rest_predicted(tmp_path, trained
     assert "nocol.csv, row 1: no column 'sentences' (columns: text); name it with --text_col" in err
     assert "blank.txt: no sentences to predict" in err
     assert "ctrl.txt, row 2: control character U+0007 at position 6" in err
-    assert "4 file(s) failed: blank.txt, ctrl.txt, latin.txt, nocol.csv" in err
+    assert "dup.csv, row 1: duplicated column name(s) 'sentences'" in err
+    assert "5 file(s) failed: blank.txt, ctrl.txt, dup.csv, latin.txt, nocol.csv" in err
     assert "Traceback" not in err
     assert sorted(os.listdir(out)) == ["a.csv", "b.csv", "predict_state.json"]  # nothing half-written
     assert [r[0] for r in read(out / "b.csv")] == ["i feel happy", "i feel sad"]
