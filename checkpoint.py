@@ -26,7 +26,7 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 FORMAT_VERSION = 1
 # Formats that torch.load or pickle would read, i.e. that can run code: a model folder holding one is refused.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 STAGING_PREFIX = ".staging-"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -192,11 +192,11 @@ def _remove_dead_staging(folder: str) -> None:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: checks the process exists, sends nothing
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # alive, owned by someone else
     return True
 
 

@@ -5,6 +5,8 @@ vector. `pooling` picks another summary: BERT's pooler (dense + tanh over [CLS],
 uses), the mean or the max over real tokens, or cls_last4 (the [CLS] vectors of the last four layers side by side,
 the choice seed 000's comments discuss). The forward returns logits; the loss lives in the training loop.
 """
+import pickle
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
@@ -70,6 +72,9 @@ def load_pretrained_encoder(name_or_path: str) -> nn.Module:
     _quiet_transformers()
     try:
         return AutoModel.from_pretrained(name_or_path, trust_remote_code=False)
+    except pickle.UnpicklingError as e:  # a .bin/.pt holding more than tensors: nothing of it was run
+        raise InputError(f"--bert_name {name_or_path}: refused by torch's weights-only loader, the weights file "
+                         f"holds objects that are not tensors ({str(e).splitlines()[-1].strip()[:200]})")
     except (OSError, ValueError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"--bert_name {name_or_path}: cannot load an encoder ({first_line})")

@@ -102,10 +102,12 @@ def drive(kind: str, work: str, kills: int, seed: int, argv: list) -> None:
             status = os.waitpid(child, 0)[1]
             moment = f"{delay:.2f} s after start"
         killed = os.WIFSIGNALED(status)
+        in_save = killed and bool(_staging(out, child))  # its own staging folder was still there: killed mid-save
         snapshot = os.path.join(work, f"after_kill_{i}")
         if os.path.exists(out):
             shutil.copytree(out, snapshot, symlinks=True)
-        log.append({"kill": i, "moment": moment, "killed": killed, "ran_s": time.perf_counter() - t0,
+        log.append({"kill": i, "moment": moment, "killed": killed, "in_save": in_save,
+                    "ran_s": time.perf_counter() - t0,
                     "snapshot": snapshot if os.path.exists(out) else None})
     with open(os.path.join(work, "kills.json"), "w") as f:
         json.dump({"full_run_s": full_run_s, "save_s": save_s, "kills": log}, f, indent=1)
@@ -122,15 +124,19 @@ def run_driver(kind: str, work, argv: list, kills: int = KILLS, seed: int = SEED
 
 # ------------------------------------------------------------------------------------------------ the checks
 def check_model_folder(folder: str) -> str:
-    """'none' (no model committed yet), 'whole' or 'rolled forward'; raises if a complete model was damaged."""
+    """How a killed save left the folder: 'no model', 'whole', 'previous model kept' (killed before the commit)
+    or 'rolled forward' (killed after it). Raises if the folder holds a damaged model."""
     import torch
 
-    from checkpoint import MANIFEST, load_model, verify_folder
+    from checkpoint import MANIFEST, load_model, sha256_file, verify_folder
     if not os.path.exists(os.path.join(folder, MANIFEST)):
-        return "none"
+        return "no model"
     with open(os.path.join(folder, MANIFEST)) as f:
         files = json.load(f)["files"]
-    pending = [n for n in files if os.path.exists(os.path.join(folder, n + ".tmp"))]
+    unfinished = [n for n, digest in files.items()
+                  if not os.path.exists(os.path.join(folder, n)) or sha256_file(os.path.join(folder, n)) != digest]
+    leftovers = glob.glob(os.path.join(folder, "**", "*.tmp"), recursive=True) + \
+        glob.glob(os.path.join(folder, ".staging-*"))
     verify_folder(folder)
     model, tokenizer, cfg, names, _ = load_model(folder, torch.device("cpu"))
     assert names == ["anger", "joy", "sadness"] and model.classifier.out_features == 3
@@ -138,23 +144,23 @@ def check_model_folder(folder: str) -> str:
         if name.endswith(".json"):
             with open(os.path.join(folder, name)) as f:
                 json.load(f)
-    return "rolled forward" if pending else "whole"
+    return "rolled forward" if unfinished else "previous model kept" if leftovers else "whole"
 
 
 def test_train_killed_during_checkpoint_writes_never_loses_the_model(tmp_path, tiny_task):
     argv = tiny_task["args"] + ["--n_epochs", "3", "--metric", "loss", "--precision", "fp32"]
     report = run_driver("train", tmp_path, argv)
-    assert sum(k["killed"] for k in report["kills"]) >= KILLS * 0.8, report  # the runs died, they did not finish
+    assert sum(k["killed"] for k in report["kills"]) >= KILLS // 2, report  # most runs died before their end
     states = []
     for kill in report["kills"]:
         assert kill["snapshot"], "the first full run left a model: the folder must still exist"
         states.append(check_model_folder(kill["snapshot"]))
-    assert "none" not in states, "a kill lost the model saved by the run before"
-    print(f"\n{len(states)} kills of train.py: " + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))))
-    interrupted = [k for k in report["kills"] if glob.glob(os.path.join(k["snapshot"], "**", "*.tmp"), recursive=True)
-                   or glob.glob(os.path.join(k["snapshot"], ".staging-*"))]
-    assert len(interrupted) >= KILLS // 3, "too few kills landed inside a save to test anything"
-    assert check_model_folder(tiny_task["save"]) != "none"  # the live folder, after the last kill, loads too
+    assert "no model" not in states, "a kill lost the model saved by the run before"
+    in_save = sum(k["in_save"] for k in report["kills"])
+    assert in_save >= KILLS // 3, "too few kills landed inside a save to test anything"
+    print(f"\n{len(states)} kills of train.py ({in_save} inside a checkpoint write): model after the kill "
+          + ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))))
+    assert check_model_folder(tiny_task["save"]) != "no model"  # the live folder, after the last kill, loads too
 
 
 def read_predictions(path: str) -> list:
@@ -176,14 +182,14 @@ def test_predict_killed_leaves_whole_csvs_or_none_and_resumes(tmp_path, tiny_tas
     inputs = tmp_path / "many"
     inputs.mkdir()
     expected = {}
-    for i in range(6):
-        texts = [t for t, _ in make_rows(300, seed=10 + i)]
+    for i in range(5):
+        texts = [t for t, _ in make_rows(200, seed=10 + i)]
         write_csv(inputs / f"part{i}.csv", [(t,) for t in texts], header=("sentences",))
         expected[f"part{i}.csv"] = texts
     out = tmp_path / "preds"
     argv = ["-f", str(inputs), "-d", tiny_task["classes"], "-p", "False", "--save_path", tiny_task["save"],
             "--out_dir", str(out), "--precision", "fp32", "--overwrite", "True"]
-    report = run_driver("predict", tmp_path / "work", argv, kills=max(4, KILLS // 2))
+    report = run_driver("predict", tmp_path / "work", argv, kills=max(4, KILLS // 3))
     assert sum(k["killed"] for k in report["kills"]) >= 1
     whole = 0
     for kill in report["kills"]:
@@ -195,9 +201,9 @@ def test_predict_killed_leaves_whole_csvs_or_none_and_resumes(tmp_path, tiny_tas
     shutil.rmtree(out)
     first = call(__import__("predict").main, argv[:-2])
     assert first[0] == 0
-    os.remove(out / "part5.csv")  # as if the run had been killed before this file was renamed into place
+    os.remove(out / "part4.csv")  # as if the run had been killed before this file was renamed into place
     code, stdout, _ = call(__import__("predict").main, argv[:-2])
-    assert code == 0 and stdout.count("up to date") == 5 and "part5.csv: 300 rows" in stdout
+    assert code == 0 and stdout.count("up to date") == 4 and "part4.csv: 200 rows" in stdout
 
 
 # ------------------------------------------------------------------------------- the journal, crash by crash
