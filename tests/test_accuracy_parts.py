@@ -284,13 +284,11 @@ def test_multi_label_validation_split_keeps_every_class_and_is_seeded():
 
 
 def test_bench_converts_goemotions_tsv_to_the_csv_train_py_reads(tmp_path):
-    sys_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-    import sys
-    sys.path.insert(0, sys_path)
-    try:
-        import accuracy
-    finally:
-        sys.path.remove(sys_path)
+    import importlib.util
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("bench_accuracy", os.path.join(ROOT, "bench", "accuracy.py"))
+    accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(accuracy)
     from dataset import load_labelled_csv
     tsv = tmp_path / "train.tsv"
     # GoEmotions quotes nothing: a text may start with a quote character and hold commas
