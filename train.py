@@ -186,15 +186,15 @@ def main(argv=None) -> int:
             run.print(f"early stop: {stale} epoch(s) without a better valid {cfg.metric}")
             break
 
-    if run.is_main:  # temperature, multi-label thresholds and save_path/report/ from the best epoch
-        from report import training_report
-        training_report(cfg.save_path, best_logits.numpy(), valid_target, names, cfg.multi_label, history,
-                        cfg.metric, best_epoch, run.print)
     best_record = history[best_epoch - 1]
     run.print(f"done: best epoch {best_epoch} | valid accuracy {best_record['valid_accuracy']:.4f} "
               f"macro-F1 {best_record['valid_macro_f1']:.4f} loss {best_record['valid_loss']:.4f} | "
               f"throughput {totals['samples'] / totals['seconds']:.1f} samples/s, "
               f"{totals['tokens'] / totals['seconds']:.0f} tokens/s | model saved in {cfg.save_path}")
+    if run.is_main:  # temperature, multi-label thresholds and save_path/report/ from the best epoch
+        from report import training_report
+        training_report(cfg.save_path, best_logits.numpy(), valid_target, names, cfg.multi_label, history,
+                        cfg.metric, best_epoch, run.print)
     cleanup_run()
     return 0
 

@@ -123,7 +123,8 @@ def main(argv=None) -> int:
             return 1
         with open(os.path.join(command[command.index("--save_path") + 1], "report", "metrics.json")) as f:
             metrics = json.load(f)
-        results.append((name, command, wall, metrics))
+        results.append((name, [a.replace(work, "$WORK").replace(ROOT + os.sep, "") for a in command], wall,
+                        metrics))
         print(f"{name}: macro-F1 {metrics['macro_f1']:.4f} in {wall / 60:.1f} min", flush=True)
     if results:
         write_table(results, args)
@@ -131,17 +132,17 @@ def main(argv=None) -> int:
 
 
 def write_table(results: list, args) -> None:
-    lines = ["| row | dev macro-F1 (tuned thresholds) | at 0.5 | cross-fitted | accuracy | target | "
+    lines = ["$WORK = the --work_dir holding the converted CSVs (`python bench/accuracy.py --convert_only` writes them)",
+             "", "| row | dev macro-F1 (tuned thresholds) | at 0.5 | cross-fitted | accuracy | target | "
              "ECE before -> after | best epoch | wall time | command |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, command, wall, m in results:
         target = ROWS[name][2]
-        shown = [a if not a.startswith(("/", ROOT)) else os.path.relpath(a, ROOT) for a in command[1:]]
         lines.append(f"| {name} | {m['macro_f1']:.4f} | {m.get('macro_f1_at_0.5', m['macro_f1']):.4f} | "
                      f"{m.get('macro_f1_cross_fitted', m['macro_f1']):.4f} | {m['accuracy']:.4f} | "
                      f"{'-' if target is None else f'>= {target}'} | {m['ece_before']:.4f} -> "
                      f"{m['ece_after']:.4f} | {m['best_epoch']} | {wall / 60:.1f} min | "
-                     f"`python {' '.join(shown)}` |")
+                     f"`python {' '.join(command[1:])}` |")
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     path = os.path.join(ROOT, "bench", "results", "accuracy.md")
     with open(path, "a", encoding="utf-8") as f:
