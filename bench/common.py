@@ -35,8 +35,16 @@ def read_column(path: str, column: str) -> list:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, in MB.
+
+    VmHWM belongs to this process's own address space; getrusage's ru_maxrss survives fork and exec on Linux,
+    so a child would report its parent's peak when the parent was bigger.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def load_average() -> str:
@@ -66,6 +74,14 @@ def save_result(workdir: str, variant: str, result: dict) -> None:
     result["peak_rss_mb"] = peak_rss_mb()
     with open(os.path.join(workdir, f"{variant}.json"), "w") as f:
         json.dump(result, f, indent=2)
+
+
+def set_threads(threads: int) -> int:
+    """Use `threads` CPU threads in this process (0 = PyTorch's default, one per core); returns the count."""
+    import torch
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def matmul_peak_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> float:

@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--windows", default="", help="extra bucket windows to try, e.g. 4,64 (adds ours_wN rows)")
     p.add_argument("--head_lr", type=float, default=1e-3, help="our head's lr (train.py --lr)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads of every contender (0 = one per core); "
+                   "on a machine shared with other jobs, 1 avoids OpenMP threads waiting on each other")
     p.add_argument("--workdir", default="", help="folder for data slices, logs and results (default: a temp dir)")
     p.add_argument("--variant", default="", help=argparse.SUPPRESS)  # set when the script runs one contender
     return p.parse_args(argv)
@@ -209,6 +211,7 @@ def valid_csv(args) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    threads = set_threads(args.threads)
     if args.variant:  # child process: one contender
         runner = run_ours if args.variant.startswith("ours") else (
             run_seed_loop if args.variant.startswith("seed") else run_trainer)
@@ -222,12 +225,12 @@ def main(argv=None) -> int:
     variants = [v for v in args.only.split(",") if v]
     variants += [f"ours_w{w}" for w in args.windows.split(",") if w]
     print(f"train_vs_hf: {args.rows} training rows, {args.valid_rows} validation rows, 1 epoch, batch 32, "
-          f"lr 5e-5 (our head: {args.head_lr}), max_length 128, seed {args.seed}; workdir {args.workdir}; "
+          f"lr 5e-5 (our head: {args.head_lr}), max_length 128, seed {args.seed}, {threads} CPU thread(s); workdir {args.workdir}; "
           f"load before: {load_average()}", flush=True)
     peaks = {d: matmul_peak_gflops(d) for d in ("bf16", "fp32")}
     flops = {}
     results = {}
-    extra = ["--rows", str(args.rows), "--valid_rows", str(args.valid_rows), "--seed_rows", str(args.seed_rows),
+    extra = ["--threads", str(args.threads), "--rows", str(args.rows), "--valid_rows", str(args.valid_rows), "--seed_rows", str(args.seed_rows),
              "--head_lr", str(args.head_lr), "--seed", str(args.seed)]
     for v in variants:
         results[v] = run_child(os.path.abspath(__file__), v, args.workdir, extra)

@@ -1,0 +1,212 @@
+"""The speed-ups that could break quietly: buckets, per-batch padding, sorted prediction, the --boost cache, bf16."""
+import csv
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import call, make_rows, write_classes, write_csv
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_bert):
+    """A tiny model trained for two epochs by train.py: (model folder, tmp folder)."""
+    import train
+    folder = tmp_path_factory.mktemp("speed")
+    classes = write_classes(folder / "classes.json")
+    data = write_csv(folder / "train.csv", make_rows(90))
+    save = str(folder / "model")
+    code, out, err = call(train.main, ["-d", classes, "-p", "False", "--train_path", data, "--bert_name", tiny_bert,
+                                       "--save_path", save, "--n_epochs", "2", "--batch_size", "8",
+                                       "--lr_main", "1e-3", "--lr", "5e-3", "--max_length", "32",
+                                       "--precision", "fp32"])
+    assert code == 0, err
+    return save, folder
+
+
+def sentences(n: int, seed: int = 3) -> list:
+    """Sentences of very different lengths, so that sorting and padding matter."""
+    rng = random.Random(seed)
+    words = ["i", "feel", "happy", "sad", "furious", "today", "because", "of", "the", "weather", "and", "you"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 25))) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------------------------- sampler
+def epoch_rows(sampler) -> list:
+    return [i for batch in sampler for i in batch]
+
+
+def test_buckets_yield_every_row_once_in_a_new_order_per_epoch_and_seed():
+    from dataset import BucketBatchSampler
+    lengths = [random.Random(i).randint(3, 60) for i in range(1001)]
+    sampler = BucketBatchSampler(lengths, 8, shuffle=True, seed=1)
+    orders = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        rows = epoch_rows(sampler)
+        assert sorted(rows) == list(range(len(lengths)))
+        assert len(list(sampler)) == len(sampler)
+        orders.append(rows)
+    assert orders[0] != orders[1]
+    other_seed = BucketBatchSampler(lengths, 8, shuffle=True, seed=2)
+    other_seed.set_epoch(1)
+    assert epoch_rows(other_seed) != orders[0]
+    again = BucketBatchSampler(lengths, 8, shuffle=True, seed=1)
+    again.set_epoch(1)
+    assert epoch_rows(again) == orders[0]  # the same seed and epoch give the same batches (resumable)
+
+
+def test_buckets_cut_padding_and_still_mix_lengths_across_batches():
+    from dataset import BucketBatchSampler
+    lengths = [random.Random(i).randint(3, 60) for i in range(2000)]
+
+    def padded_tokens(window):
+        sampler = BucketBatchSampler(lengths, 16, shuffle=True, seed=0, window_batches=window)
+        batches = list(sampler)
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches), batches
+    plain, _ = padded_tokens(1)
+    bucketed, batches = padded_tokens(16)
+    assert bucketed < 0.8 * plain
+    # batches come in shuffled order, not from shortest to longest
+    longest = [max(lengths[i] for i in b) for b in batches]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+
+
+# ------------------------------------------------------------------------------------------------- padding
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max", "pooler"])
+def test_padded_batch_gives_the_logits_of_each_sentence_alone(tiny_bert, pooling):
+    from transformers import AutoTokenizer
+
+    from dataset import Collator, EncodedDataset, tokenize
+    from model import BertClassifier, load_pretrained_encoder
+    torch.manual_seed(0)
+    model = BertClassifier(load_pretrained_encoder(tiny_bert), 3, pooling).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    ids = tokenize(tokenizer, sentences(6), 32)
+    assert len({len(x) for x in ids}) > 2
+    batch = Collator(tokenizer.pad_token_id)([EncodedDataset(ids)[i] for i in range(len(ids))])
+    with torch.inference_mode():
+        together = model(batch["input_ids"], batch["attention_mask"])  # (6, 3), padded to the longest
+        for row, one in enumerate(ids):
+            alone = model(torch.tensor([one]), torch.ones((1, len(one)), dtype=torch.long))
+            torch.testing.assert_close(together[row], alone[0], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------- prediction
+def cpu_run(precision: str = "fp32"):
+    from engine import Run
+    return Run(torch.device("cpu"), precision)
+
+
+def test_sorted_prediction_comes_back_in_input_order(trained):
+    from checkpoint import load_model
+    from predict import predict_probabilities
+    model, tokenizer, cfg, names, _ = load_model(trained[0], torch.device("cpu"))
+    texts = sentences(37)
+    stats = {}
+    probs = predict_probabilities(model, tokenizer, texts, 32, 4, cpu_run(), False, stats=stats)
+    one_by_one = [predict_probabilities(model, tokenizer, [t], 32, 1, cpu_run(), False)[0] for t in texts]
+    assert probs.shape == (37, len(names))
+    assert abs(probs - np.stack(one_by_one)).max() < 1e-5
+    assert stats["tokens"] == sum(len(tokenizer(t)["input_ids"]) for t in texts)
+
+
+def test_predict_writes_rows_in_input_order_and_reports_tokens_per_s(trained, monkeypatch):
+    import predict
+    save, folder = trained
+    texts = sentences(50, seed=8)
+    inputs = folder / "inputs_order"
+    inputs.mkdir()
+    write_csv(inputs / "mixed.csv", [(t,) for t in texts], header=("sentences",))
+    monkeypatch.setattr(predict, "CHUNK_ROWS", 16)  # several chunks, each sorted on its own
+    out = folder / "preds_order"
+    code, stdout, err = call(predict.main, ["-f", str(inputs), "-d", str(folder / "classes.json"), "-p", "False",
+                                            "--save_path", save, "--out_dir", str(out), "--batch_size", "8"])
+    assert code == 0, err
+    with open(out / "mixed.csv", encoding="utf-8", newline="") as f:
+        assert [row["sentences"] for row in csv.DictReader(f)] == texts
+    assert "tokens/s" in stdout.splitlines()[-1]
+
+
+def test_bf16_and_fp32_predictions_agree_on_nearly_every_argmax(trained):
+    from checkpoint import load_model
+    from predict import predict_probabilities
+    model, tokenizer, cfg, names, _ = load_model(trained[0], torch.device("cpu"))
+    texts = [t for t, _ in make_rows(120, seed=5)]
+    fp32 = predict_probabilities(model, tokenizer, texts, 32, 16, cpu_run("fp32"), False)
+    bf16 = predict_probabilities(model, tokenizer, texts, 32, 16, cpu_run("bf16"), False)
+    assert (fp32.argmax(1) == bf16.argmax(1)).mean() >= 0.95
+    assert abs(fp32 - bf16).max() < 0.1  # bf16 has ~3 significant digits, not a different model
+
+
+# -------------------------------------------------------------------------------------------- --boost cache
+class Encoded:
+    """Counts the sentences the encoder really encodes."""
+
+    def __init__(self, model):
+        self.rows, self.forward = 0, model.sentence_vector
+        model.sentence_vector = self
+
+    def __call__(self, input_ids, attention_mask):
+        self.rows += len(input_ids)
+        return self.forward(input_ids, attention_mask)
+
+
+def boost_vectors(model_path, save_path, texts, max_length=32, pooling="cls"):
+    """(vectors, rows encoded) from engine.cached_sentence_vectors with a fresh model of model_path."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from dataset import tokenize
+    from engine import cached_sentence_vectors
+    from model import BertClassifier, load_pretrained_encoder
+    model = BertClassifier(load_pretrained_encoder(model_path), 3, pooling)
+    model.freeze_encoder()
+    counter = Encoded(model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    cfg = SimpleNamespace(save_path=str(save_path), max_length=max_length, pooling=pooling)
+    vectors = cached_sentence_vectors(model, tokenizer, texts, tokenize(tokenizer, texts, max_length), cfg,
+                                      model_path, cpu_run())
+    return vectors, counter.rows
+
+
+def test_boost_cache_is_reused_and_invalidated_by_checkpoint_length_and_text(tiny_bert, tmp_path):
+    import shutil
+    texts = sentences(20)
+    first, encoded = boost_vectors(tiny_bert, tmp_path, texts)
+    assert encoded == len(set(texts))
+    again, encoded = boost_vectors(tiny_bert, tmp_path, texts)
+    assert encoded == 0
+    torch.testing.assert_close(again, first)
+    # one sentence edited: only it is encoded, the others come from the cache
+    edited = texts[:5] + [texts[5] + " indeed"] + texts[6:]
+    vectors, encoded = boost_vectors(tiny_bert, tmp_path, edited)
+    assert encoded == 1
+    torch.testing.assert_close(vectors[:5], first[:5])
+    assert not torch.allclose(vectors[5], first[5])
+    # another max_length: everything again
+    _, encoded = boost_vectors(tiny_bert, tmp_path, texts, max_length=8)
+    assert encoded == len(set(texts))
+    # another checkpoint (same architecture, other weights): everything again, and different vectors
+    other = tmp_path / "other_bert"
+    shutil.copytree(tiny_bert, other)
+    from transformers import BertModel
+    torch.manual_seed(1)
+    BertModel(BertModel.from_pretrained(tiny_bert).config).save_pretrained(other)
+    changed, encoded = boost_vectors(str(other), tmp_path, texts)
+    assert encoded == len(set(texts))
+    assert not torch.allclose(changed, first)
+    # the cached vectors are those the encoder computes for each sentence alone
+    from transformers import AutoTokenizer
+
+    from model import BertClassifier, load_pretrained_encoder
+    model = BertClassifier(load_pretrained_encoder(tiny_bert), 3).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    with torch.inference_mode():
+        for row in (0, 7, 19):
+            enc = tokenizer([texts[row]], truncation=True, max_length=32, return_tensors="pt")
+            alone = model.sentence_vector(enc["input_ids"], enc["attention_mask"])[0]
+            torch.testing.assert_close(first[row], alone, atol=1e-5, rtol=0)
