@@ -70,6 +70,17 @@ def seed_everything(seed: int) -> None:
 def main(argv=None) -> int:
     cfg = parse_config(argv)
     check_options(cfg)
+    from engine import launch_local_workers, local_worker_count
+    if workers := local_worker_count(cfg.parallel and cfg.parallel_mode == "ddp", cfg.device):
+        load_data(cfg)  # bad files are reported once, here, not once per worker
+        return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
+    from resume import StopRequest
+    with StopRequest().installed() as stop:
+        return train(cfg, stop)
+
+
+def train(cfg: Config, stop) -> int:
+    """Train one process (one rank of several under DDP); PREEMPTED_EXIT if stopped by a signal."""
     names, train_data, valid_data = load_data(cfg)
 
     from transformers import AutoTokenizer
@@ -79,6 +90,8 @@ def main(argv=None) -> int:
     from engine import (build_optimizer, build_scheduler, cleanup_run, compute_metrics, evaluate, is_better,
                         setup_run, train_one_epoch, unwrap)
     from model import BertClassifier, load_pretrained_encoder, max_supported_length
+    from resume import (PREEMPTED_EXIT, Progress, clear_resumable, find_resumable, load_resumable,
+                        save_resumable, set_rng_state)
 
     run = setup_run(cfg.device, cfg.precision)
     if cfg.parallel and run.world_size == 1:
@@ -113,7 +126,9 @@ def main(argv=None) -> int:
     collate = Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label)
     train_sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank)
     valid_sampler = BucketBatchSampler(valid_set.lengths(), cfg.batch_size * 4, False, 0, run.world_size, run.rank)
-    loader_kw = dict(collate_fn=collate, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda")
+    # a generator of their own keeps the loaders from drawing on the global RNG, which dropout uses: resumable
+    loader_kw = dict(collate_fn=collate, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
+                     generator=torch.Generator().manual_seed(cfg.seed))
     train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, **loader_kw)
     valid_loader = torch.utils.data.DataLoader(valid_set, batch_sampler=valid_sampler, **loader_kw)
 
@@ -140,16 +155,50 @@ def main(argv=None) -> int:
               f"{cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps} per update, "
               f"{updates_per_epoch} updates per epoch, {cfg.n_epochs} epoch(s); tokenised in {tokenize_s:.1f}s")
 
-    history, best, best_epoch, stale = [], None, None, 0
+    progress, resumed = Progress(), find_resumable(cfg.resume, cfg.save_path) if cfg.resume else None
+    if resumed:
+        state = load_resumable(resumed, cfg, run)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        progress = Progress(**state["progress"])
+        set_rng_state(state["rng"][run.rank])
+        run.print(f"resumed from {resumed}: epoch {progress.epoch}, {progress.batches_done} batch(es) of it done, "
+                  f"{progress.updates} update(s) so far")
+    elif run.is_main:
+        clear_resumable(cfg.save_path)
+
+    def save_state():
+        if cfg.save_every >= 0 or stop.stopping:
+            save_resumable(cfg.save_path, run, unwrap(model), optimizer, scheduler, scaler, progress, cfg)
+
+    def after_update(batches_done: int) -> bool:
+        """Count the update, save every --save_every updates; True stops the epoch (a preemption signal)."""
+        progress.updates += 1
+        progress.batches_done = train_sampler.skip_batches + batches_done
+        stopping = stop.agreed(run)
+        if stopping or (cfg.save_every > 0 and progress.updates % cfg.save_every == 0):
+            save_state()
+        return stopping
+
+    history, totals = progress.history, progress.totals
     valid_target = valid_data.labels
-    totals = {"samples": 0, "tokens": 0, "seconds": 0.0}
-    for epoch in range(1, cfg.n_epochs + 1):
-        train_sampler.set_epoch(epoch)
+    for epoch in range(progress.epoch, cfg.n_epochs + 1):
+        if cfg.early_stop > 0 and progress.stale >= cfg.early_stop:
+            run.print(f"early stop: {progress.stale} epoch(s) without a better valid {cfg.metric}")
+            break
+        train_sampler.set_epoch(epoch, progress.batches_done)
         stats = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, loss_fn, run,
                                 cfg.gradient_accumulation_steps, cfg.max_grad_norm, cfg.log_every,
-                                f"epoch {epoch}/{cfg.n_epochs}")
+                                f"epoch {epoch}/{cfg.n_epochs}", after_update)
         for k in totals:
             totals[k] += stats[k]
+        if stop.stopping:
+            run.print(f"preemption signal: stopped after update {progress.updates}, resumable checkpoint in "
+                      f"{cfg.save_path}/resume; continue with --resume auto")
+            cleanup_run()
+            return PREEMPTED_EXIT
         logits = evaluate(model, valid_loader, run, len(valid_set))
         metrics = compute_metrics(logits, valid_target, loss_fn.cpu(), cfg.multi_label, len(names))
         loss_fn.to(run.device)
@@ -158,25 +207,28 @@ def main(argv=None) -> int:
                   "train_samples_per_s": stats["samples"] / stats["seconds"],
                   "train_tokens_per_s": stats["tokens"] / stats["seconds"]}
         history.append(record)
-        improved = is_better(cfg.metric, metrics[cfg.metric], best)
+        improved = is_better(cfg.metric, metrics[cfg.metric], progress.best)
         run.print(f"epoch {epoch}: train loss {stats['loss']:.4f} | valid loss {metrics['loss']:.4f} "
                   f"accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} | "
                   f"{record['train_samples_per_s']:.1f} samples/s{' | best so far, saved' if improved else ''}")
         if improved:
-            best, best_epoch, stale = metrics[cfg.metric], epoch, 0
+            progress.best, progress.best_epoch, progress.stale = metrics[cfg.metric], epoch, 0
             if run.is_main:
                 save_model(cfg.save_path, unwrap(model), tokenizer, cfg, names, {"temperature": 1.0})
         else:
-            stale += 1
+            progress.stale += 1
         if run.is_main:
             write_json(os.path.join(cfg.save_path, "metrics.json"),
-                       {"best_epoch": best_epoch, "metric": cfg.metric, "epochs": history})
-        if cfg.early_stop > 0 and stale >= cfg.early_stop:
-            run.print(f"early stop: {stale} epoch(s) without a better valid {cfg.metric}")
-            break
+                       {"best_epoch": progress.best_epoch, "metric": cfg.metric, "epochs": history})
+        progress.epoch, progress.batches_done = epoch + 1, 0
+        save_state()
+        if stop.agreed(run):
+            run.print(f"preemption signal: stopped after epoch {epoch}; continue with --resume auto")
+            cleanup_run()
+            return PREEMPTED_EXIT
 
-    best_record = history[best_epoch - 1]
-    run.print(f"done: best epoch {best_epoch} | valid accuracy {best_record['valid_accuracy']:.4f} "
+    best_record = history[progress.best_epoch - 1]
+    run.print(f"done: best epoch {progress.best_epoch} | valid accuracy {best_record['valid_accuracy']:.4f} "
               f"macro-F1 {best_record['valid_macro_f1']:.4f} loss {best_record['valid_loss']:.4f} | "
               f"throughput {totals['samples'] / totals['seconds']:.1f} samples/s, "
               f"{totals['tokens'] / totals['seconds']:.0f} tokens/s | model saved in {cfg.save_path}")
