@@ -107,6 +107,8 @@ def train(cfg: Config, stop) -> int:
     model = BertClassifier(encoder, len(names), cfg.pooling, cfg.dropout_p)
     if not cfg.bert_finetuning:
         model.freeze_encoder()
+    if cfg.pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
+        encoder.pooler.requires_grad_(False)  # unused by this pooling: DDP would wait for its gradients forever
     model.to(run.device)
 
     t0 = time.perf_counter()
