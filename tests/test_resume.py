@@ -57,7 +57,8 @@ def final_state(save) -> dict:
 
 
 def assert_same_run(got: dict, want: dict) -> None:
-    assert got["progress"]["updates"] == want["progress"]["updates"] == 2 * UPDATES_PER_EPOCH
+    """Bitwise the same weights, optimizer moments, schedule and validation history."""
+    assert got["progress"]["updates"] == want["progress"]["updates"]
     for name, tensor in want["model"].items():
         assert torch.equal(got["model"][name], tensor), f"weights differ: {name}"
     for key, moments in want["optimizer"]["state"].items():
@@ -102,6 +103,7 @@ def test_stopped_by_signals_and_resumed_ends_bitwise_equal(task, reference, monk
     code, out, err = call(train.main, train_args(task, save, precision, "--resume", "auto"))
     assert code == 0, err
     assert f"resumed from {save}/resume/step-{sum(stops):06d}" in out
+    assert final_state(save)["progress"]["updates"] == 2 * UPDATES_PER_EPOCH
     assert_same_run(final_state(save), reference(precision))
 
 
