@@ -118,9 +118,9 @@ def launch_local_workers(script: str, argv: list, nproc: int) -> int:
 
     from resume import PREEMPTED_EXIT
     # the launcher passes these on to the workers, which then save a resumable checkpoint and exit
-    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
-                          rdzv_endpoint="localhost:0", run_id=f"local-{os.getpid()}", max_restarts=0)
+                          rdzv_endpoint="localhost:0", run_id=f"local-{os.getpid()}", max_restarts=0,
+                          signals_to_handle="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
     try:
         elastic_launch(config, sys.executable)("-u", script, *argv)
     except ChildFailedError as e:

@@ -19,17 +19,16 @@ set -uo pipefail
 echo "== job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST} at $(date -Is)"
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export OMP_NUM_THREADS=$(( ${SLURM_CPUS_PER_TASK:-4} / ${SLURM_GPUS_ON_NODE:-4} ))
-# torchrun passes these on to its workers (by default it would die of USR1 and leave them running)
-export TORCHELASTIC_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
 
 # In the background, so that bash runs the trap at once instead of after the command ends.
 srun --kill-on-bad-exit=1 ${PYTHON:-python} -m torch.distributed.run \
   --nnodes="$SLURM_JOB_NUM_NODES" --nproc_per_node="${SLURM_GPUS_ON_NODE:-4}" \
   --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head_node:29500" \
+  --signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
   train.py -p True --resume auto "$@" &
 child=$!
-# USR1 (time limit near) or TERM (preemption, scancel): srun passes it to torchrun on every node, torchrun to
-# its workers, which agree on a step, save (rank 0) and exit 75; torchrun itself then exits non-zero.
+# USR1 (time limit near) or TERM (preemption, scancel): srun passes it to torchrun on every node, torchrun
+# (told to handle USR1, of which it would otherwise die and leave its workers running) to its workers, which agree on a step, save (rank 0) and exit 75; torchrun itself then exits non-zero.
 trap 'signalled=1; kill -USR1 $child 2>/dev/null' USR1 TERM
 signalled=0
 wait $child; rc=$?
