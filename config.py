@@ -78,8 +78,8 @@ class Config:
     log_every: int = opt(50, "steps between progress-bar updates of loss and samples/s")
     resume: str = opt("", "continue a stopped run exactly: auto (the newest checkpoint in save_path/resume, "
                       "or a fresh start if there is none) or the path of one step-N folder")
-    save_every: int = opt(0, "optimizer updates between resumable checkpoints (0 = only at the end of each epoch "
-                          "and on SIGUSR1/SIGTERM, -1 = never)")
+    save_every: int = opt(0, "optimizer updates between resumable checkpoints in save_path/resume, also saved at "
+                          "the end of each epoch (0 = only when stopped by SIGUSR1 or SIGTERM)")
     # prediction
     input_dir: str = opt("inputs", "folder whose .csv and .txt files are predicted", flags=("-f", "--input_dir"),
                          group="predict")

@@ -4,10 +4,13 @@
     python train.py -d classes.json --train_path my.csv --n_epochs 4 --bert_name bert-base-uncased
     python train.py -d classes.json -p True                         # every GPU of this machine (DDP)
     torchrun --nproc_per_node 4 train.py -d classes.json -p True    # the same, launched by hand
-    sbatch slurm/one_node_multi_gpu.sh                              # SLURM (see slurm/ and README)
+    python train.py -d classes.json --resume auto --save_every 500  # continue a stopped run exactly
+    sbatch slurm/one_node_multi_gpu.sh -d classes.json              # SLURM (see slurm/ and README)
 
 Everything is checked before the first step; problems are printed one per line with file, row and column,
 and the exit code is 2. The best epoch (by --metric) is saved to --save_path, which predict.py reads.
+SIGUSR1 or SIGTERM (a cluster's preemption or time limit) make it finish the current step, save a resumable
+checkpoint in --save_path/resume/ and exit with code 75; --resume auto then continues where it stopped.
 """
 import dataclasses
 import json
@@ -37,6 +40,7 @@ def check_options(cfg: Config) -> None:
              (0 <= cfg.warmup_ratio < 1, "--warmup_ratio must be in [0, 1)"),
              (cfg.max_length >= 2, "--max_length must be at least 2"),
              (cfg.early_stop == -1 or cfg.early_stop >= 1, "--early_stop must be -1 (off) or at least 1"),
+             (cfg.save_every >= 0, "--save_every must be 0 (save only when stopped by a signal) or more"),
              (not cfg.boost or not cfg.bert_finetuning,
               "--boost True needs --bert_finetuning False (vectors can only be cached from a frozen encoder)")]
     for ok, message in rules:
@@ -172,8 +176,7 @@ def train(cfg: Config, stop) -> int:
         clear_resumable(cfg.save_path)
 
     def save_state():
-        if cfg.save_every >= 0 or stop.stopping:
-            save_resumable(cfg.save_path, run, unwrap(model), optimizer, scheduler, scaler, progress, cfg)
+        save_resumable(cfg.save_path, run, unwrap(model), optimizer, scheduler, scaler, progress, cfg)
 
     def after_update(batches_done: int) -> bool:
         """Count the update, save every --save_every updates; True stops the epoch (a preemption signal)."""
@@ -223,8 +226,9 @@ def train(cfg: Config, stop) -> int:
             write_json(os.path.join(cfg.save_path, "metrics.json"),
                        {"best_epoch": progress.best_epoch, "metric": cfg.metric, "epochs": history})
         progress.epoch, progress.batches_done = epoch + 1, 0
-        save_state()
-        if stop.agreed(run):
+        if stop.agreed(run) or cfg.save_every > 0:
+            save_state()
+        if stop.stopping:
             run.print(f"preemption signal: stopped after epoch {epoch}; continue with --resume auto")
             cleanup_run()
             return PREEMPTED_EXIT

@@ -25,7 +25,7 @@ srun --kill-on-bad-exit=1 ${PYTHON:-python} -m torch.distributed.run \
   --nnodes="$SLURM_JOB_NUM_NODES" --nproc_per_node="${SLURM_GPUS_ON_NODE:-4}" \
   --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head_node:29500" \
   --signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
-  train.py -p True --resume auto "$@" &
+  train.py -p True --resume auto --save_every 1000 "$@" &
 child=$!
 # USR1 (time limit near) or TERM (preemption, scancel): srun passes it to torchrun on every node, torchrun
 # (told to handle USR1, of which it would otherwise die and leave its workers running) to its workers, which agree on a step, save (rank 0) and exit 75; torchrun itself then exits non-zero.

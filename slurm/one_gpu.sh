@@ -18,7 +18,7 @@ echo "== job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on $(hostname) at $
 export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 
 # In the background, so that bash runs the trap at once instead of after the command ends.
-${PYTHON:-python} train.py -p False --resume auto "$@" &
+${PYTHON:-python} train.py -p False --resume auto --save_every 1000 "$@" &
 child=$!
 # USR1 (time limit near) or TERM (preemption, scancel): train.py finishes the step, saves, exits 75.
 trap 'signalled=1; kill -USR1 $child 2>/dev/null' USR1 TERM

@@ -19,7 +19,7 @@ echo "== job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on $(hostname) at $
 export OMP_NUM_THREADS=$(( ${SLURM_CPUS_PER_TASK:-4} / ${SLURM_GPUS_ON_NODE:-4} ))
 
 # In the background, so that bash runs the trap at once instead of after the command ends.
-${PYTHON:-python} train.py -p True --resume auto "$@" &
+${PYTHON:-python} train.py -p True --resume auto --save_every 1000 "$@" &
 child=$!
 # USR1 (time limit near) or TERM (preemption, scancel): train.py passes it to its workers, which finish the
 # step, save and exit 75.

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, call, make_rows, write_classes, write_csv
+from test_resume import assert_same_run, final_state, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 
 def free_port() -> int:
@@ -54,7 +55,7 @@ def trained(no_dropout_bert, tmp_path_factory):
     data = write_csv(folder / "train.csv", make_rows(99))
     common = ["-d", classes, "--train_path", data, "--bert_name", no_dropout_bert, "--dropout_p", "0",
               "--n_epochs", "2", "--lr_main", "3e-3", "--lr", "2e-2", "--max_length", "32", "--precision", "fp32",
-              "--device", "cpu", "--log_every", "1000"]
+              "--device", "cpu", "--log_every", "1000", "--save_every", "100"]
     ddp = subprocess.run(torchrun(*common, "--batch_size", "4", "--save_path", str(folder / "ddp")),
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -131,8 +132,6 @@ def test_sharded_predict_equals_one_process_in_input_order(trained, tmp_path):
 def test_ddp_preempted_through_torchrun_resumes_to_the_same_weights(trained, tmp_path):
     """SIGUSR1 to torchrun (as slurm/multi_node.sh sends it): both ranks stop after the same update, rank 0 saves
     with both ranks' RNG states, and torchrun --resume auto ends bitwise where the uninterrupted DDP run ended."""
-    from test_resume import assert_same_run, final_state
-
     from resume import resume_root, step_folders
     save = tmp_path / "preempted"
     argv = torchrun(*trained["common"], "--batch_size", "4", "--save_path", str(save), "--resume", "auto",

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import ROOT, call, make_rows, write_classes, write_csv
-from test_resume import assert_same_run, final_state
+from test_resume import assert_same_run, final_state, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 SLURM = os.path.join(ROOT, "slurm")
 
@@ -76,7 +76,7 @@ def test_preempted_job_requeues_itself_resumes_and_matches_an_uninterrupted_run(
             "--save_every", "2"]
     save, log = tmp_path / "job", str(tmp_path / "job.out")
     submitted = subprocess.run(
-        ["sbatch", "--parsable", f"--chdir={ROOT}", "--cpus-per-task=2", "--mem=2G", f"--output={log}",
+        ["sbatch", "--parsable", f"--chdir={ROOT}", "--cpus-per-task=1", "--mem=2G", f"--output={log}",
          os.path.join(SLURM, "cpu.sh"), *args, "--save_path", str(save)],
         env={**cluster, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
     assert submitted.returncode == 0, submitted.stderr
