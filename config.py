@@ -82,6 +82,10 @@ class Config:
                              choices=("ddp", "dp"))
     num_workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)", group="both")
     log_every: int = opt(50, "steps between progress-bar updates of loss and samples/s")
+    resume: str = opt("", "continue a stopped run exactly: auto (the newest checkpoint in save_path/resume, "
+                      "or a fresh start if there is none) or the path of one step-N folder")
+    save_every: int = opt(0, "optimizer updates between resumable checkpoints in save_path/resume, also saved at "
+                          "the end of each epoch (0 = only when stopped by SIGUSR1 or SIGTERM)")
     # prediction
     input_dir: str = opt("inputs", "folder whose .csv and .txt files are predicted", flags=("-f", "--input_dir"),
                          group="predict")

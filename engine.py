@@ -102,6 +102,35 @@ def cleanup_run() -> None:
         dist.destroy_process_group()
 
 
+def local_worker_count(parallel: bool, device_name: str) -> int:
+    """Workers that `-p True` starts itself: one per GPU on a machine with several, unless torchrun started us."""
+    if not parallel or "WORLD_SIZE" in os.environ or device_name not in ("auto", "cuda"):
+        return 0
+    gpus = torch.cuda.device_count()
+    return gpus if gpus > 1 else 0
+
+
+def launch_local_workers(script: str, argv: list, nproc: int) -> int:
+    """Run `script argv` in nproc processes as `torchrun --standalone` would; their exit code (75: preempted)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from resume import PREEMPTED_EXIT
+    # the launcher passes these on to the workers, which then save a resumable checkpoint and exit
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", run_id=f"local-{os.getpid()}", max_restarts=0,
+                          signals_to_handle="SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    try:
+        elastic_launch(config, sys.executable)("-u", script, *argv)
+    except ChildFailedError as e:
+        codes = [f.exitcode for f in e.failures.values()]
+        return PREEMPTED_EXIT if PREEMPTED_EXIT in codes else max(codes)
+    except SignalException:
+        return PREEMPTED_EXIT  # the workers got the signal too and saved before exiting
+    return 0
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -146,7 +175,7 @@ def model_inputs(batch: dict) -> dict:
 # ------------------------------------------------------------------------------------------------- the loop
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run: Run, accum: int,
                     max_grad_norm: float, log_every: int, desc: str, on_update=None) -> dict:
-    """One pass over `loader`; returns the mean loss, samples, tokens and seconds."""
+    """One pass over `loader`, cut short when `on_update` returns True; returns mean loss, samples, tokens, seconds."""
     model.train()
     loss_sum = torch.zeros((), device=run.device)
     samples = tokens = 0
@@ -178,8 +207,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run: R
             elapsed = time.perf_counter() - started
             bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}",
                             samples_s=f"{samples * run.world_size / elapsed:.1f}")
-        if on_update is not None and last_micro_step:
-            on_update(step + 1)
+        if on_update is not None and last_micro_step and on_update(step + 1):
+            break  # asked to stop (preemption): the caller saves and exits
     bar.close()
     seconds = time.perf_counter() - started
     return {"loss": loss_sum.item() / max(1, len(loader)), "samples": samples * run.world_size,

@@ -12,6 +12,7 @@ by the same model and unchanged since is skipped unless --overwrite. A bad file 
 exit code is then 1. The model, its tokenizer, label map and settings all come from --save_path.
 """
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -69,6 +70,21 @@ def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_
     return out
 
 
+def predict_sharded(model, tokenizer, texts: list, cfg: Config, run, temperature: float,
+                    counts: dict = None) -> np.ndarray:
+    """Probabilities of `texts` in input order; under several processes each predicts one contiguous share."""
+    if run.world_size == 1:
+        return predict_probabilities(model, tokenizer, texts, cfg.max_length, cfg.batch_size, run,
+                                     cfg.multi_label, temperature, counts)
+    import torch.distributed as dist
+    bounds = [len(texts) * r // run.world_size for r in range(run.world_size + 1)]
+    mine = predict_probabilities(model, tokenizer, texts[bounds[run.rank]:bounds[run.rank + 1]], cfg.max_length,
+                                 cfg.batch_size, run, cfg.multi_label, temperature, counts)
+    shares = [None] * run.world_size
+    dist.all_gather_object(shares, mine)  # rank order is input order
+    return np.concatenate(shares)
+
+
 def output_names(files: list) -> dict:
     """input file -> predictions file name: stem.csv, or stem.txt.csv when a .csv of the same stem exists."""
     stems = {}
@@ -98,12 +114,13 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     n_rows, counts = 0, {"tokens": 0}
     skipped = [0]
     started = time.perf_counter()
-    with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+    # every rank reads the file and predicts its share of each chunk; rank 0 alone writes
+    with atomic_path(out_path) if run.is_main else contextlib.nullcontext(os.devnull) as tmp, \
+            open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([cfg.text_col, "label", *names])
         for _, texts in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped):
-            probs = predict_probabilities(model, tokenizer, texts, cfg.max_length, cfg.batch_size, run,
-                                          cfg.multi_label, temperature, counts)
+            probs = predict_sharded(model, tokenizer, texts, cfg, run, temperature, counts)
             chosen = decide(probs, cfg.multi_label, thresholds, cfg.allow_empty)
             if keep_probs is not None:
                 keep_probs.append(probs)
@@ -113,7 +130,7 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
             n_rows += len(texts)
         if n_rows == 0:
             raise InputError(f"{path}: no sentences to predict")
-    if skipped[0]:
+    if skipped[0] and run.is_main:
         print(f"warning: {path}: skipped {skipped[0]} blank row(s)", file=sys.stderr)
     return {"rows": n_rows, "tokens": counts["tokens"], "seconds": time.perf_counter() - started}
 
@@ -138,7 +155,9 @@ def main(argv=None) -> int:
 
     from checkpoint import load_model, sha256_file, write_json
     from dataset import load_label_map, load_labelled_csv
-    from engine import setup_run
+    from engine import cleanup_run, launch_local_workers, local_worker_count, setup_run
+    if workers := local_worker_count(runtime["parallel"], runtime["device"]):
+        return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
     if not os.path.isdir(runtime["input_dir"]):
         raise InputError(f"{runtime['input_dir']}: input folder not found")
     names_given = load_label_map(runtime["dict_path"])
@@ -166,7 +185,8 @@ def main(argv=None) -> int:
                    if n.lower().endswith((".csv", ".txt")) and os.path.isfile(os.path.join(cfg.input_dir, n)))
     if not files:
         raise InputError(f"{cfg.input_dir}: no .csv or .txt files to predict")
-    os.makedirs(cfg.out_dir, exist_ok=True)
+    if run.is_main:
+        os.makedirs(cfg.out_dir, exist_ok=True)
     state_path = os.path.join(cfg.out_dir, STATE_FILE)
     state = {}
     if os.path.exists(state_path):
@@ -185,7 +205,7 @@ def main(argv=None) -> int:
         done = state.get(name)
         if (not cfg.overwrite and done and done.get("input") == file_signature(src) and
                 done.get("settings") == settings and os.path.exists(dst)):
-            print(f"{name}: up to date in {dst} (use --overwrite to predict it again)")
+            run.print(f"{name}: up to date in {dst} (use --overwrite to predict it again)")
             continue
         labelled = cfg.report and has_column(src, cfg.label_col)
         probs = [] if labelled else None
@@ -197,23 +217,27 @@ def main(argv=None) -> int:
                 folder = os.path.join(cfg.out_dir, f"report_{os.path.splitext(out_name)[0]}")
                 file_report(src, folder, np.concatenate(probs), truth.labels, cfg, names, extra)
         except InputError as e:
-            print(f"error: {e}", file=sys.stderr)
+            if run.is_main:
+                print(f"error: {e}", file=sys.stderr)
             failed.append(name)
             continue
         total_rows += stats["rows"]
         total_tokens += stats["tokens"]
         total_s += stats["seconds"]
-        print(f"{name}: {stats['rows']} rows -> {dst} ({stats['rows'] / stats['seconds']:.1f} sentences/s)")
+        run.print(f"{name}: {stats['rows']} rows -> {dst} ({stats['rows'] / stats['seconds']:.1f} sentences/s)")
         if cfg.report and not labelled:
-            print(f"{name}: no '{cfg.label_col}' column, no report")
+            run.print(f"{name}: no '{cfg.label_col}' column, no report")
         state[name] = {"input": file_signature(src), "settings": settings, "output": out_name}
-        write_json(state_path, state)
+        if run.is_main:
+            write_json(state_path, state)
     if total_rows:
-        print(f"predicted {total_rows} sentences in {total_s:.1f}s: {total_rows / total_s:.1f} sentences/s, "
-              f"{total_tokens / total_s:.0f} tokens/s (device {run.device}, precision {run.precision}, "
-              f"batch {cfg.batch_size})")
+        run.print(f"predicted {total_rows} sentences in {total_s:.1f}s: {total_rows / total_s:.1f} sentences/s, "
+                  f"{total_tokens / total_s:.0f} tokens/s (device {run.device} x{run.world_size}, "
+                  f"precision {run.precision}, batch {cfg.batch_size})")
+    cleanup_run()
     if failed:
-        print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
+        if run.is_main:
+            print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 

@@ -4,10 +4,13 @@
     python train.py -d classes.json --train_path my.csv --n_epochs 4 --bert_name bert-base-uncased
     python train.py -d classes.json -p True                         # every GPU of this machine (DDP)
     torchrun --nproc_per_node 4 train.py -d classes.json -p True    # the same, launched by hand
-    sbatch slurm/one_node_multi_gpu.sh                              # SLURM (see slurm/ and README)
+    python train.py -d classes.json --resume auto --save_every 500  # continue a stopped run exactly
+    sbatch slurm/one_node_multi_gpu.sh -d classes.json              # SLURM (see slurm/ and README)
 
 Everything is checked before the first step; problems are printed one per line with file, row and column,
 and the exit code is 2. The best epoch (by --metric) is saved to --save_path, which predict.py reads.
+SIGUSR1 or SIGTERM (a cluster's preemption or time limit) make it finish the current step, save a resumable
+checkpoint in --save_path/resume/ and exit with code 75; --resume auto then continues where it stopped.
 """
 import dataclasses
 import json
@@ -37,6 +40,7 @@ def check_options(cfg: Config) -> None:
              (0 <= cfg.warmup_ratio < 1, "--warmup_ratio must be in [0, 1)"),
              (cfg.max_length >= 2, "--max_length must be at least 2"),
              (cfg.early_stop == -1 or cfg.early_stop >= 1, "--early_stop must be -1 (off) or at least 1"),
+             (cfg.save_every >= 0, "--save_every must be 0 (save only when stopped by a signal) or more"),
              (not cfg.boost or not cfg.bert_finetuning,
               "--boost True needs --bert_finetuning False (vectors can only be cached from a frozen encoder)")]
     for ok, message in rules:
@@ -80,6 +84,17 @@ def seed_everything(seed: int) -> None:
 def main(argv=None) -> int:
     cfg = parse_config(argv)
     check_options(cfg)
+    from engine import launch_local_workers, local_worker_count
+    if workers := local_worker_count(cfg.parallel and cfg.parallel_mode == "ddp", cfg.device):
+        load_data(cfg)  # bad files are reported once, here, not once per worker
+        return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
+    from resume import StopRequest
+    with StopRequest().installed() as stop:
+        return train(cfg, stop)
+
+
+def train(cfg: Config, stop) -> int:
+    """Train one process (one rank of several under DDP); PREEMPTED_EXIT if stopped by a signal."""
     names, train_data, valid_data = load_data(cfg)
 
     from checkpoint import save_model, write_json
@@ -87,6 +102,8 @@ def main(argv=None) -> int:
     from engine import (build_optimizer, build_scheduler, cleanup_run, compute_metrics, evaluate, is_better,
                         setup_run, train_one_epoch, unwrap)
     from model import BertClassifier, load_pretrained_encoder, load_tokenizer, max_supported_length
+    from resume import (PREEMPTED_EXIT, Progress, clear_resumable, find_resumable, load_resumable,
+                        save_resumable, set_rng_state)
 
     run = setup_run(cfg.device, cfg.precision)
     if cfg.parallel and run.world_size == 1:
@@ -102,6 +119,8 @@ def main(argv=None) -> int:
     model = BertClassifier(encoder, len(names), cfg.pooling, cfg.dropout_p)
     if not cfg.bert_finetuning:
         model.freeze_encoder()
+    if cfg.pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
+        encoder.pooler.requires_grad_(False)  # unused by this pooling: DDP would wait for its gradients forever
     model.to(run.device)
 
     t0 = time.perf_counter()
@@ -121,8 +140,9 @@ def main(argv=None) -> int:
     collate = Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label)
     train_sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank)
     valid_sampler = BucketBatchSampler(valid_set.lengths(), cfg.batch_size * 4, False, 0, run.world_size, run.rank)
-    loader_kw = dict(collate_fn=collate, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda")
-    train_loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, **loader_kw)
+    # a generator of their own keeps the loaders from drawing on the global RNG, which dropout uses: resumable
+    loader_kw = dict(collate_fn=collate, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
+                     generator=torch.Generator().manual_seed(cfg.seed))
     valid_loader = torch.utils.data.DataLoader(valid_set, batch_sampler=valid_sampler, **loader_kw)
 
     if run.world_size > 1:
@@ -131,7 +151,7 @@ def main(argv=None) -> int:
     elif cfg.parallel and cfg.parallel_mode == "dp" and torch.cuda.device_count() > 1:
         model = torch.nn.DataParallel(model)
     optimizer = build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device)
-    updates_per_epoch = -(-len(train_loader) // cfg.gradient_accumulation_steps)
+    updates_per_epoch = -(-len(train_sampler) // cfg.gradient_accumulation_steps)
     total_updates = updates_per_epoch * cfg.n_epochs
     scheduler = build_scheduler(optimizer, int(cfg.warmup_ratio * total_updates), total_updates)
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
@@ -148,19 +168,53 @@ def main(argv=None) -> int:
               f"{cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps} per update, "
               f"{updates_per_epoch} updates per epoch, {cfg.n_epochs} epoch(s); tokenised in {tokenize_s:.1f}s")
 
-    history, best, best_epoch, stale = [], None, None, 0
+    progress, resumed = Progress(), find_resumable(cfg.resume, cfg.save_path) if cfg.resume else None
+    if resumed:
+        state = load_resumable(resumed, cfg, run)
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        progress = Progress(**state["progress"])
+        set_rng_state(state["rng"][run.rank])
+        run.print(f"resumed from {resumed}: epoch {progress.epoch}, {progress.batches_done} batch(es) of it done, "
+                  f"{progress.updates} update(s) so far")
+    elif run.is_main:
+        clear_resumable(cfg.save_path)
+
+    def save_state():
+        save_resumable(cfg.save_path, run, unwrap(model), optimizer, scheduler, scaler, progress, cfg)
+
+    def after_update(batches_done: int) -> bool:
+        """Count the update (batches_done: of this epoch, resumed ones included), save every --save_every
+        updates; True stops the epoch (a preemption signal)."""
+        progress.updates += 1
+        progress.batches_done = batches_done
+        stopping = stop.agreed(run)
+        if stopping or (cfg.save_every > 0 and progress.updates % cfg.save_every == 0):
+            save_state()
+        return stopping
+
+    history, totals = progress.history, progress.totals
     valid_target = valid_data.labels
-    totals = {"samples": 0, "tokens": 0, "seconds": 0.0}
     split = {"parts": 1}  # micro-batches per batch; doubled each time a step runs out of memory
-    for epoch in range(1, cfg.n_epochs + 1):
+    for epoch in range(progress.epoch, cfg.n_epochs + 1):
+        if cfg.early_stop > 0 and progress.stale >= cfg.early_stop:
+            run.print(f"early stop: {progress.stale} epoch(s) without a better valid {cfg.metric}")
+            break
         stats = train_epoch_halving_on_oom(
             lambda sampler, accum: train_one_epoch(
                 model, torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kw), optimizer,
                 scheduler, scaler, loss_fn, run, accum, cfg.max_grad_norm, cfg.log_every,
-                f"epoch {epoch}/{cfg.n_epochs}", on_update=sampler.on_update),
-            train_sampler, epoch, cfg, run, optimizer, split)
+                f"epoch {epoch}/{cfg.n_epochs}", lambda micro_steps: after_update(sampler.on_update(micro_steps))),
+            train_sampler, epoch, progress.batches_done, cfg, run, optimizer, split)
         for k in totals:
             totals[k] += stats[k]
+        if stop.stopping:
+            run.print(f"preemption signal: stopped after update {progress.updates}, resumable checkpoint in "
+                      f"{cfg.save_path}/resume; continue with --resume auto")
+            cleanup_run()
+            return PREEMPTED_EXIT
         logits = evaluate(model, valid_loader, run, len(valid_set))
         metrics = compute_metrics(logits, valid_target, loss_fn.cpu(), cfg.multi_label, len(names))
         loss_fn.to(run.device)
@@ -169,32 +223,37 @@ def main(argv=None) -> int:
                   "train_samples_per_s": stats["samples"] / stats["seconds"],
                   "train_tokens_per_s": stats["tokens"] / stats["seconds"]}
         history.append(record)
-        improved = is_better(cfg.metric, metrics[cfg.metric], best)
+        improved = is_better(cfg.metric, metrics[cfg.metric], progress.best)
         run.print(f"epoch {epoch}: train loss {stats['loss']:.4f} | valid loss {metrics['loss']:.4f} "
                   f"accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} | "
                   f"{record['train_samples_per_s']:.1f} samples/s{' | best so far, saved' if improved else ''}")
         if improved:
-            best, best_epoch, best_logits, stale = metrics[cfg.metric], epoch, logits, 0
+            progress.best, progress.best_epoch, progress.best_logits, progress.stale = (metrics[cfg.metric], epoch,
+                                                                                        logits, 0)
             if run.is_main:
                 save_model(cfg.save_path, unwrap(model), tokenizer, cfg, names, {"temperature": 1.0})
         else:
-            stale += 1
+            progress.stale += 1
         if run.is_main:
             write_json(os.path.join(cfg.save_path, "metrics.json"),
-                       {"best_epoch": best_epoch, "metric": cfg.metric, "epochs": history})
-        if cfg.early_stop > 0 and stale >= cfg.early_stop:
-            run.print(f"early stop: {stale} epoch(s) without a better valid {cfg.metric}")
-            break
+                       {"best_epoch": progress.best_epoch, "metric": cfg.metric, "epochs": history})
+        progress.epoch, progress.batches_done = epoch + 1, 0
+        if stop.agreed(run) or cfg.save_every > 0:
+            save_state()
+        if stop.stopping:
+            run.print(f"preemption signal: stopped after epoch {epoch}; continue with --resume auto")
+            cleanup_run()
+            return PREEMPTED_EXIT
 
-    best_record = history[best_epoch - 1]
-    run.print(f"done: best epoch {best_epoch} | valid accuracy {best_record['valid_accuracy']:.4f} "
+    best_record = history[progress.best_epoch - 1]
+    run.print(f"done: best epoch {progress.best_epoch} | valid accuracy {best_record['valid_accuracy']:.4f} "
               f"macro-F1 {best_record['valid_macro_f1']:.4f} loss {best_record['valid_loss']:.4f} | "
               f"throughput {totals['samples'] / totals['seconds']:.1f} samples/s, "
               f"{totals['tokens'] / totals['seconds']:.0f} tokens/s | model saved in {cfg.save_path}")
     if run.is_main:  # temperature, multi-label thresholds and save_path/report/ from the best epoch
         from report import training_report
-        training_report(cfg.save_path, best_logits.numpy(), valid_target, names, cfg.multi_label, history,
-                        cfg.metric, best_epoch, run.print)
+        training_report(cfg.save_path, progress.best_logits.numpy(), valid_target, names, cfg.multi_label,
+                        history, cfg.metric, progress.best_epoch, run.print)
     cleanup_run()
     return 0
 
@@ -215,14 +274,17 @@ class _Progress(torch.utils.data.Sampler):
     def __len__(self):
         return len(self.split)
 
-    def on_update(self, micro_steps: int) -> None:
+    def on_update(self, micro_steps: int) -> int:
+        """Record an optimizer update after `micro_steps` micro-batches; returns the epoch's batches done."""
         self.updated = self.done + micro_steps // self.parts
+        return self.updated
 
 
-def train_epoch_halving_on_oom(train_epoch, sampler, epoch: int, cfg: Config, run, optimizer, split: dict) -> dict:
-    """train_epoch(sampler, accumulation); when a step runs out of memory, halve the batch and double the
-    accumulation (the same rows per update), say so, and go on from the last update. At a batch of 1, stop."""
-    done = 0  # whole batches of this epoch whose optimizer update is finished
+def train_epoch_halving_on_oom(train_epoch, sampler, epoch: int, start: int, cfg: Config, run, optimizer,
+                               split: dict) -> dict:
+    """train_epoch(sampler, accumulation) from batch `start`; when a step runs out of memory, halve the batch and
+    double the accumulation (the same rows per update), say so, and go on from the last update. At 1, stop."""
+    done = start  # whole batches of this epoch whose optimizer update is finished
     while True:
         sampler.set_epoch(epoch, skip_batches=done)
         progress = _Progress(sampler, split["parts"], done)

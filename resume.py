@@ -1,0 +1,185 @@
+"""Resumable training state, and stopping cleanly when the cluster asks (preemption, time limit).
+
+A resumable checkpoint is a folder save_path/resume/step-000123/ (123 = optimizer updates so far) holding one
+state.pt: the unwrapped model, optimizer, scheduler and gradient scaler, the position in training (the epoch
+to run and how many of its batches are done), best metric, early-stopping counter, history, and the RNG
+states (python, numpy, torch CPU and CUDA) of every rank. Rank 0 writes it into a hidden temporary folder and
+renames that into place, so a folder named step-* is always whole; the last KEEP of them are kept. It is read
+with torch.load(weights_only=True) only: no pickled code ever runs.
+
+SIGUSR1 or SIGTERM only raise a flag. The loop looks at it after each optimizer update; the ranks agree on it
+(one tiny all-reduce), so all of them stop after the same update, save, and exit with PREEMPTED_EXIT, which
+the batch scripts in slurm/ turn into `scontrol requeue`.
+"""
+import contextlib
+import dataclasses
+import os
+import random
+import re
+import shutil
+import signal
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from config import InputError
+
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later", what a preempted run is
+KEEP = 2
+STATE_FILE = "state.pt"
+STEP_RE = re.compile(r"^step-(\d+)$")
+# Options that may change between a run and its resumption without changing what is computed.
+MAY_CHANGE = {"resume", "save_every", "log_every", "num_workers", "device", "parallel", "parallel_mode"}
+
+
+@dataclass
+class Progress:
+    """Where training stands: the epoch to run next, batches of it already done, and what was learnt so far."""
+    epoch: int = 1
+    batches_done: int = 0
+    updates: int = 0
+    best: float = None
+    best_epoch: int = None
+    stale: int = 0
+    best_logits: torch.Tensor = None  # validation logits of the best epoch, for calibration and the report
+    history: list = field(default_factory=list)
+    totals: dict = field(default_factory=lambda: {"samples": 0, "tokens": 0, "seconds": 0.0})
+
+
+# ------------------------------------------------------------------------------------------------ RNG states
+def rng_state() -> dict:
+    """This process's RNG states, as tensors and plain lists (what weights_only loading accepts)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(mt), gauss],
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------------------------- save, find, load
+def resume_root(save_path: str) -> str:
+    return os.path.join(save_path, "resume")
+
+
+def step_folders(root: str) -> list:
+    """Complete checkpoint folders under `root`, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(root) if (m := STEP_RE.match(name))
+             and os.path.isfile(os.path.join(root, name, STATE_FILE))]
+    return [os.path.join(root, name) for _, name in sorted(found)]
+
+
+def save_resumable(save_path: str, run, model, optimizer, scheduler, scaler, progress: Progress, cfg) -> None:
+    """Write save_path/resume/step-N/ atomically (rank 0) with every rank's RNG state; keep the last KEEP."""
+    rngs = [rng_state()]
+    if run.world_size > 1:
+        rngs = [None] * run.world_size
+        dist.all_gather_object(rngs, rng_state())
+    if run.is_main:
+        root = resume_root(save_path)
+        os.makedirs(root, exist_ok=True)
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                 "progress": dataclasses.asdict(progress), "rng": rngs, "world_size": run.world_size,
+                 "config": dataclasses.asdict(cfg)}
+        name = f"step-{progress.updates:06d}"
+        tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=root)
+        from checkpoint import atomic_path
+        with atomic_path(os.path.join(tmp, STATE_FILE)) as part:
+            torch.save(state, part)
+        final = os.path.join(root, name)
+        if os.path.exists(final):  # the same step saved again (end of epoch right after --save_every)
+            shutil.rmtree(final)
+        os.rename(tmp, final)  # the commit: a step-* folder is complete or absent
+        for old in step_folders(root)[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+        for debris in (n for n in os.listdir(root) if n.startswith(".step-")):  # left by a crash mid-write
+            shutil.rmtree(os.path.join(root, debris), ignore_errors=True)
+    if run.world_size > 1:
+        dist.barrier()  # no rank may exit (and get its launcher to kill rank 0) before the save is complete
+
+
+def find_resumable(resume: str, save_path: str):
+    """--resume auto: the newest checkpoint in save_path (None if there is none); else the folder given."""
+    if resume == "auto":
+        found = step_folders(resume_root(save_path))
+        return found[-1] if found else None
+    if not os.path.isfile(os.path.join(resume, STATE_FILE)):
+        raise InputError(f"--resume {resume}: no resumable checkpoint here ({STATE_FILE} is missing); "
+                         f"use --resume auto or a folder like {resume_root(save_path)}/step-000100")
+    return resume
+
+
+def load_resumable(folder: str, cfg, run) -> dict:
+    """The saved state, after checking that it belongs to this run's settings and number of processes."""
+    try:
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file must name itself, not end in a traceback
+        raise InputError(f"{os.path.join(folder, STATE_FILE)}: cannot read the resumable checkpoint "
+                         f"({str(e).splitlines()[0][:200]})")
+    saved, now = state["config"], dataclasses.asdict(cfg)
+    changed = sorted(k for k in now if k not in MAY_CHANGE and k in saved and saved[k] != now[k])
+    if changed:
+        raise InputError(f"--resume {folder}: the checkpoint was trained with other settings: "
+                         + ", ".join(f"--{k} {saved[k]} (now {now[k]})" for k in changed))
+    if state["world_size"] != run.world_size:
+        raise InputError(f"--resume {folder}: written by {state['world_size']} process(es), this run has "
+                         f"{run.world_size}; resume with the same number so batches and RNG states match")
+    return state
+
+
+def clear_resumable(save_path: str) -> None:
+    """A fresh run starts a fresh series: older step folders would otherwise pass for its newest."""
+    shutil.rmtree(resume_root(save_path), ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ preemption
+class StopRequest:
+    """Set by SIGUSR1/SIGTERM; `agreed(run)` is true on every rank once any rank got the signal."""
+
+    def __init__(self):
+        self.signal = None  # the name of the signal this process got
+        self.stopping = False  # whether any rank got one, as of the last `agreed`
+        self._group = None
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    @contextlib.contextmanager
+    def installed(self):
+        """Catch SIGUSR1 and SIGTERM while training; put the previous handlers back afterwards."""
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def agreed(self, run) -> bool:
+        if run.world_size == 1:
+            self.stopping = self.signal is not None
+            return self.stopping
+        if self._group is None:
+            # a CPU (gloo) group: asking every update must not wait for the GPU's queue of work
+            self._group = dist.new_group(backend="gloo") if run.device.type == "cuda" else dist.group.WORLD
+        flag = torch.tensor([int(self.signal is not None)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)  # ranks get signals at different steps
+        self.stopping = bool(flag.item())
+        return self.stopping

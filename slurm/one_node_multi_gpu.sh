@@ -1,0 +1,34 @@
+#!/bin/bash
+# Every GPU of one node, one DDP process per GPU, started by train.py itself (-p True).
+# From the repository root:  sbatch slurm/one_node_multi_gpu.sh [train.py options]
+# --batch_size is per GPU: 4 GPUs x --batch_size 32 = 128 sentences per update (printed at start-up).
+# Preempted or near its time limit, it saves a resumable checkpoint, requeues itself and resumes (--resume auto).
+#SBATCH --job-name=bert-node
+#SBATCH --nodes=1
+#SBATCH --ntasks=1
+#SBATCH --gpus-per-node=4
+#SBATCH --cpus-per-task=32
+#SBATCH --mem=128G
+#SBATCH --time=04:00:00
+#SBATCH --output=slurm-%x-%j.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+#SBATCH --signal=B:USR1@300
+set -uo pipefail
+echo "== job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on $(hostname) at $(date -Is)"
+export OMP_NUM_THREADS=$(( ${SLURM_CPUS_PER_TASK:-4} / ${SLURM_GPUS_ON_NODE:-4} ))
+
+# In the background, so that bash runs the trap at once instead of after the command ends.
+${PYTHON:-python} train.py -p True --resume auto --save_every 1000 "$@" &
+child=$!
+# USR1 (time limit near) or TERM (preemption, scancel): train.py passes it to its workers, which finish the
+# step, save and exit 75.
+trap 'signalled=1; kill -USR1 $child 2>/dev/null' USR1 TERM
+signalled=0
+wait $child; rc=$?
+while kill -0 $child 2>/dev/null; do wait $child; rc=$?; done  # a trap ends `wait` early: wait again
+echo "== job ${SLURM_JOB_ID} train.py exit code $rc at $(date -Is)"
+if [ $rc -eq 75 ] || { [ $signalled = 1 ] && [ $rc -ne 0 ]; }; then
+  scontrol requeue "$SLURM_JOB_ID"  # back to the queue; the next start resumes from the checkpoint
+fi
+exit $rc

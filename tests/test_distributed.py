@@ -1,0 +1,153 @@
+"""DDP for real on CPU: two gloo processes started by torchrun train to the weights one process reaches with the
+same global batch, report the same validation metrics, save a model that one process loads, and a sharded
+predict.py (two workers started by -p True's own launcher) writes what one process writes, in input order."""
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, call, make_rows, write_classes, write_csv
+from test_resume import assert_same_run, final_state, one_thread  # noqa: F401 (one_thread: autouse fixture)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*train_args, launcher=()) -> list:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+            str(free_port()), *launcher, os.path.join(ROOT, "train.py"), "-p", "True", *train_args]
+
+
+@pytest.fixture(scope="module")
+def no_dropout_bert(tiny_bert, tmp_path_factory) -> str:
+    """tiny_bert without dropout: with it, two ranks draw other masks than one process does."""
+    folder = str(tmp_path_factory.mktemp("tiny_bert_no_dropout"))
+    shutil.copytree(tiny_bert, folder, dirs_exist_ok=True)
+    path = os.path.join(folder, "config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(no_dropout_bert, tmp_path_factory):
+    """The same training by torchrun (2 x batch 4) and by one process (batch 8)."""
+    import train
+    folder = tmp_path_factory.mktemp("ddp")
+    classes = write_classes(folder / "classes.json")
+    # 99 rows: 9 held out, 90 to train = 11 global batches of 8 and one of 2 (one row per rank, no repeat);
+    # the 9 validation rows are odd, so one rank evaluates a padded repeat that must not count twice.
+    data = write_csv(folder / "train.csv", make_rows(99))
+    common = ["-d", classes, "--train_path", data, "--bert_name", no_dropout_bert, "--dropout_p", "0",
+              "--n_epochs", "2", "--lr_main", "3e-3", "--lr", "2e-2", "--max_length", "32", "--precision", "fp32",
+              "--device", "cpu", "--log_every", "1000", "--save_every", "100"]
+    ddp = subprocess.run(torchrun(*common, "--batch_size", "4", "--save_path", str(folder / "ddp")),
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    code, out, err = call(train.main, [*common, "-p", "False", "--batch_size", "8",
+                                       "--save_path", str(folder / "single")])
+    assert code == 0, err
+    return {"dir": folder, "bert": no_dropout_bert, "common": common, "ddp": folder / "ddp", "single": folder / "single", "ddp_out": ddp.stdout}
+
+
+def test_ddp_trains_to_the_weights_of_one_process_with_the_same_global_batch(trained):
+    ddp = load_file(trained["ddp"] / "model.safetensors")
+    single = load_file(trained["single"] / "model.safetensors")
+    assert ddp.keys() == single.keys()
+    # float sums in another order (two halves of 4 rows, then an all-reduce): measured up to 4.4e-5 after Adam,
+    # where a batch dealt wrongly or a gradient not averaged moves weights by about the learning rate (3e-3)
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=0, atol=2e-4, msg=name)
+    assert not any(k.startswith("module.") for k in ddp)  # saved unwrapped
+    initial = load_file(os.path.join(trained["bert"], "model.safetensors"))
+    name = "encoder.layer.0.attention.self.query.weight"
+    assert (ddp[f"encoder.{name}"] - initial[name]).abs().max() > 1e-3  # trained, so equality means something
+
+
+def test_ddp_reports_metrics_of_the_whole_validation_set_once(trained):
+    with open(trained["ddp"] / "metrics.json") as f:
+        ddp = json.load(f)["epochs"]
+    with open(trained["single"] / "metrics.json") as f:
+        single = json.load(f)["epochs"]
+    for d, s in zip(ddp, single, strict=True):
+        assert d["valid_accuracy"] == s["valid_accuracy"] and d["valid_macro_f1"] == s["valid_macro_f1"]
+        assert abs(d["valid_loss"] - s["valid_loss"]) < 1e-5
+    out = trained["ddp_out"]
+    assert out.count("epoch 1: train loss") == 1 and out.count("epoch 2: train loss") == 1  # rank 0 alone
+    assert "batch 4 per process x 2 process(es) x 1 accumulation = 8 per update" in out
+    assert "train 90 rows, validation 9 rows" in out
+
+
+def read_predictions(folder) -> dict:
+    result = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".csv"):
+            with open(os.path.join(folder, name), encoding="utf-8", newline="") as f:
+                result[name] = list(csv.reader(f))
+    return result
+
+
+def test_sharded_predict_equals_one_process_in_input_order(trained, tmp_path):
+    import predict
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_csv(inputs / "a.csv", [(t,) for t, _ in make_rows(23, seed=1)], header=("sentences",))
+    (inputs / "b.txt").write_text("\n".join(t for t, _ in make_rows(7, seed=2)) + "\n", encoding="utf-8")
+    write_csv(inputs / "c.csv", [("i feel happy",)], header=("sentences",))  # fewer rows than ranks on its own
+    common = ["-f", str(inputs), "-d", str(trained["dir"] / "classes.json"), "--save_path", str(trained["ddp"]),
+              "--device", "cpu", "--batch_size", "4"]
+    # two workers through -p True's own launcher (what a machine with two GPUs gets), here on CPU with gloo
+    sharded = subprocess.run(
+        [sys.executable, "-c", "import sys, engine; sys.exit(engine.launch_local_workers("
+                               "'predict.py', sys.argv[1:], 2))", *common, "-p", "True", "--out_dir",
+         str(tmp_path / "sharded")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert sharded.returncode == 0, sharded.stderr[-3000:]
+    assert "x2" in sharded.stdout and sharded.stdout.count("a.csv: 23 rows") == 1
+    code, out, err = call(predict.main, [*common, "-p", "False", "--out_dir", str(tmp_path / "single")])
+    assert code == 0, err
+    got, want = read_predictions(tmp_path / "sharded"), read_predictions(tmp_path / "single")
+    assert got.keys() == want.keys() == {"a.csv", "b.csv", "c.csv"}
+    for name in want:
+        assert [r[:2] for r in got[name]] == [r[:2] for r in want[name]], name  # texts and labels, in order
+        for g, w in zip(got[name][1:], want[name][1:], strict=True):
+            assert max(abs(float(x) - float(y)) for x, y in zip(g[2:], w[2:])) <= 2e-6
+    assert [r[0] for r in want["a.csv"][1:]] == [t for t, _ in make_rows(23, seed=1)]
+
+
+def test_ddp_preempted_through_torchrun_resumes_to_the_same_weights(trained, tmp_path):
+    """SIGUSR1 to torchrun (as slurm/multi_node.sh sends it): both ranks stop after the same update, rank 0 saves
+    with both ranks' RNG states, and torchrun --resume auto ends bitwise where the uninterrupted DDP run ended."""
+    from resume import resume_root, step_folders
+    save = tmp_path / "preempted"
+    argv = torchrun(*trained["common"], "--batch_size", "4", "--save_path", str(save), "--resume", "auto",
+                    launcher=["--signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"])
+    first = subprocess.Popen([*argv, "--save_every", "2"], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not step_folders(resume_root(str(save))) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGUSR1)
+    out = first.communicate(timeout=120)[0]
+    assert "preemption signal: stopped after update" in out, out[-3000:]
+    assert "got signal: 10" in out  # torchrun handled USR1 (instead of dying of it) and passed it on
+    stopped_at = step_folders(resume_root(str(save)))[-1]
+    assert 2 <= int(os.path.basename(stopped_at)[5:]) < 24
+    second = subprocess.run([*argv, "--save_every", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resumed from {stopped_at}" in second.stdout
+    assert_same_run(final_state(save), final_state(trained["ddp"]))
