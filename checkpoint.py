@@ -139,7 +139,8 @@ def verify_folder(folder: str) -> dict:
     except (OSError, ValueError) as e:
         raise InputError(f"{os.path.join(folder, MANIFEST)}: unreadable manifest ({e})")
     for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(STAGING_PREFIX)]  # leftovers of a killed save
+        # leftovers of a killed save; and resume/, train.py's resumable states, read with weights_only=True only
+        dirs[:] = [d for d in dirs if not d.startswith(STAGING_PREFIX) and not (root == folder and d == "resume")]
         for name in names:
             if name.lower().endswith(PICKLE_SUFFIXES):
                 raise InputError(f"{os.path.join(root, name)}: pickle-based file in the model folder; such files "
