@@ -395,10 +395,11 @@ class BucketBatchSampler(torch.utils.data.Sampler):
 
 class SplitBatchSampler(torch.utils.data.Sampler):
     """Each batch of `batches` cut into `parts` micro-batches in turn: with `parts` times the gradient accumulation,
-    every update sees the rows it would have seen whole (used after running out of memory)."""
+    every update sees the rows it would have seen whole (used after running out of memory). `on_update` counts
+    the whole batches whose update is done, from `done` on, so that an interrupted epoch can go on from there."""
 
-    def __init__(self, batches, parts: int):
-        self.batches, self.parts = batches, parts
+    def __init__(self, batches, parts: int, done: int = 0):
+        self.batches, self.parts, self.done, self.updated = batches, parts, done, done
 
     def __iter__(self):
         for batch in self.batches:
@@ -409,6 +410,11 @@ class SplitBatchSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return len(self.batches) * self.parts
+
+    def on_update(self, micro_steps: int) -> int:
+        """Record an optimizer update after `micro_steps` micro-batches; returns the epoch's whole batches done."""
+        self.updated = self.done + micro_steps // self.parts
+        return self.updated
 
 
 # ------------------------------------------------------------------------------------------- prediction input

@@ -261,33 +261,15 @@ def train(cfg: Config, stop) -> int:
 OOM_ERRORS = (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (torch.cuda.OutOfMemoryError,)
 
 
-class _Progress(torch.utils.data.Sampler):
-    """The epoch's batches cut into `parts` micro-batches; counts the whole batches whose update is done."""
-
-    def __init__(self, batches, parts: int, done: int):
-        from dataset import SplitBatchSampler
-        self.split, self.parts, self.done, self.updated = SplitBatchSampler(batches, parts), parts, done, done
-
-    def __iter__(self):
-        return iter(self.split)
-
-    def __len__(self):
-        return len(self.split)
-
-    def on_update(self, micro_steps: int) -> int:
-        """Record an optimizer update after `micro_steps` micro-batches; returns the epoch's batches done."""
-        self.updated = self.done + micro_steps // self.parts
-        return self.updated
-
-
 def train_epoch_halving_on_oom(train_epoch, sampler, epoch: int, start: int, cfg: Config, run, optimizer,
                                split: dict) -> dict:
     """train_epoch(sampler, accumulation) from batch `start`; when a step runs out of memory, halve the batch and
     double the accumulation (the same rows per update), say so, and go on from the last update. At 1, stop."""
+    from dataset import SplitBatchSampler
     done = start  # whole batches of this epoch whose optimizer update is finished
     while True:
         sampler.set_epoch(epoch, skip_batches=done)
-        progress = _Progress(sampler, split["parts"], done)
+        progress = SplitBatchSampler(sampler, split["parts"], done)
         try:
             return train_epoch(progress, cfg.gradient_accumulation_steps * split["parts"])
         except OOM_ERRORS:

@@ -148,7 +148,7 @@ def check_model_folder(folder: str) -> str:
 
 
 def test_train_killed_during_checkpoint_writes_never_loses_the_model(tmp_path, tiny_task):
-    argv = tiny_task["args"] + ["--n_epochs", "3", "--metric", "loss", "--precision", "fp32"]
+    argv = tiny_task["args"] + ["--n_epochs", "2", "--metric", "loss", "--precision", "fp32"]
     report = run_driver("train", tmp_path, argv)
     assert sum(k["killed"] for k in report["kills"]) >= KILLS // 2, report  # most runs died before their end
     states = []
