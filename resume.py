@@ -144,9 +144,23 @@ def load_resumable(folder: str, cfg, run) -> dict:
     return state
 
 
-def clear_resumable(save_path: str) -> None:
-    """A fresh run starts a fresh series: older step folders would otherwise pass for its newest."""
-    shutil.rmtree(resume_root(save_path), ignore_errors=True)
+def start_or_resume(cfg, run, model, optimizer, scheduler, scaler) -> Progress:
+    """Restore what --resume names into the objects given and this rank's RNG; or start afresh."""
+    folder = find_resumable(cfg.resume, cfg.save_path) if cfg.resume else None
+    if folder is None:
+        if run.is_main:  # a fresh series: older step folders would otherwise pass for this run's newest
+            shutil.rmtree(resume_root(cfg.save_path), ignore_errors=True)
+        return Progress()
+    state = load_resumable(folder, cfg, run)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"][run.rank])
+    progress = Progress(**state["progress"])
+    run.print(f"resumed from {folder}: epoch {progress.epoch}, {progress.batches_done} batch(es) of it done, "
+              f"{progress.updates} update(s) so far")
+    return progress
 
 
 # ------------------------------------------------------------------------------------------------ preemption
