@@ -62,7 +62,8 @@ def trained(no_dropout_bert, tmp_path_factory):
     code, out, err = call(train.main, [*common, "-p", "False", "--batch_size", "8",
                                        "--save_path", str(folder / "single")])
     assert code == 0, err
-    return {"dir": folder, "bert": no_dropout_bert, "common": common, "ddp": folder / "ddp", "single": folder / "single", "ddp_out": ddp.stdout}
+    return {"dir": folder, "bert": no_dropout_bert, "common": common, "ddp": folder / "ddp",
+            "single": folder / "single", "ddp_out": ddp.stdout}
 
 
 def test_ddp_trains_to_the_weights_of_one_process_with_the_same_global_batch(trained):
