@@ -3,6 +3,7 @@
     python predict.py -f inputs/ -d classes.json -p False
     python predict.py -f big_folder/ --save_path runs/emotions --out_dir preds/ --batch_size 64
     python predict.py -f test_folder/ -d classes.json --report True   # labelled CSVs: + out_dir/report_<stem>/
+    python predict.py -f big_folder/ -d classes.json -p True      # every GPU: rows shared out, output in order
 
 Each input file gets a predictions CSV in --out_dir: the sentence, the predicted class in `label` (multi-label:
 the chosen classes joined by commas) and one column per class, named as the class, with its probability.

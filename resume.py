@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import tempfile
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,26 +51,26 @@ class Progress:
 
 
 # ------------------------------------------------------------------------------------------------ RNG states
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
     """This process's RNG states, as tensors and plain lists (what weights_only loading accepts)."""
     version, mt, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": [version, list(mt), gauss],
              "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # this rank's GPU only: asking for all would open a context on every GPU
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     version, mt, gauss = state["python"]
     random.setstate((version, tuple(mt), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 # --------------------------------------------------------------------------------------------- save, find, load
@@ -88,10 +89,10 @@ def step_folders(root: str) -> list:
 
 def save_resumable(save_path: str, run, model, optimizer, scheduler, scaler, progress: Progress, cfg) -> None:
     """Write save_path/resume/step-N/ atomically (rank 0) with every rank's RNG state; keep the last KEEP."""
-    rngs = [rng_state()]
+    rngs = [rng_state(run.device)]
     if run.world_size > 1:
-        rngs = [None] * run.world_size
-        dist.all_gather_object(rngs, rng_state())
+        mine, rngs = rngs[0], [None] * run.world_size
+        dist.all_gather_object(rngs, mine)
     if run.is_main:
         root = resume_root(save_path)
         os.makedirs(root, exist_ok=True)
@@ -145,9 +146,23 @@ def load_resumable(folder: str, cfg, run) -> dict:
     return state
 
 
-def clear_resumable(save_path: str) -> None:
-    """A fresh run starts a fresh series: older step folders would otherwise pass for its newest."""
-    shutil.rmtree(resume_root(save_path), ignore_errors=True)
+def start_or_resume(cfg, run, model, optimizer, scheduler, scaler) -> Progress:
+    """Restore what --resume names into the objects given and this rank's RNG; or start afresh."""
+    folder = find_resumable(cfg.resume, cfg.save_path) if cfg.resume else None
+    if folder is None:
+        if run.is_main:  # a fresh series: older step folders would otherwise pass for this run's newest
+            shutil.rmtree(resume_root(cfg.save_path), ignore_errors=True)
+        return Progress()
+    state = load_resumable(folder, cfg, run)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"][run.rank], run.device)
+    progress = Progress(**state["progress"])
+    run.print(f"resumed from {folder}: epoch {progress.epoch}, {progress.batches_done} batch(es) of it done, "
+              f"{progress.updates} update(s) so far")
+    return progress
 
 
 # ------------------------------------------------------------------------------------------------ preemption
@@ -165,6 +180,9 @@ class StopRequest:
     @contextlib.contextmanager
     def installed(self):
         """Catch SIGUSR1 and SIGTERM while training; put the previous handlers back afterwards."""
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may catch signals
+            yield self
+            return
         previous = {s: signal.signal(s, self._handle) for s in (signal.SIGUSR1, signal.SIGTERM)}
         try:
             yield self

@@ -102,8 +102,7 @@ def train(cfg: Config, stop) -> int:
     from engine import (build_optimizer, build_scheduler, cleanup_run, compute_metrics, evaluate, is_better,
                         setup_run, train_one_epoch, unwrap)
     from model import BertClassifier, load_pretrained_encoder, load_tokenizer, max_supported_length
-    from resume import (PREEMPTED_EXIT, Progress, clear_resumable, find_resumable, load_resumable,
-                        save_resumable, set_rng_state)
+    from resume import PREEMPTED_EXIT, save_resumable, start_or_resume
 
     run = setup_run(cfg.device, cfg.precision)
     if cfg.parallel and run.world_size == 1:
@@ -168,19 +167,7 @@ def train(cfg: Config, stop) -> int:
               f"{cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps} per update, "
               f"{updates_per_epoch} updates per epoch, {cfg.n_epochs} epoch(s); tokenised in {tokenize_s:.1f}s")
 
-    progress, resumed = Progress(), find_resumable(cfg.resume, cfg.save_path) if cfg.resume else None
-    if resumed:
-        state = load_resumable(resumed, cfg, run)
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        progress = Progress(**state["progress"])
-        set_rng_state(state["rng"][run.rank])
-        run.print(f"resumed from {resumed}: epoch {progress.epoch}, {progress.batches_done} batch(es) of it done, "
-                  f"{progress.updates} update(s) so far")
-    elif run.is_main:
-        clear_resumable(cfg.save_path)
+    progress = start_or_resume(cfg, run, unwrap(model), optimizer, scheduler, scaler)
 
     def save_state():
         save_resumable(cfg.save_path, run, unwrap(model), optimizer, scheduler, scaler, progress, cfg)

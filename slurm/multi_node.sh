@@ -18,11 +18,13 @@
 set -uo pipefail
 echo "== job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on ${SLURM_JOB_NODELIST} at $(date -Is)"
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
-export OMP_NUM_THREADS=$(( ${SLURM_CPUS_PER_TASK:-4} / ${SLURM_GPUS_ON_NODE:-4} ))
+nproc=${NPROC_PER_NODE:-${SLURM_GPUS_ON_NODE:-1}}  # one process per GPU; set NPROC_PER_NODE on CPU-only nodes
+threads=$(( ${SLURM_CPUS_PER_TASK:-1} / nproc ))
+export OMP_NUM_THREADS=$(( threads > 0 ? threads : 1 ))
 
 # In the background, so that bash runs the trap at once instead of after the command ends.
 srun --kill-on-bad-exit=1 ${PYTHON:-python} -m torch.distributed.run \
-  --nnodes="$SLURM_JOB_NUM_NODES" --nproc_per_node="${SLURM_GPUS_ON_NODE:-4}" \
+  --nnodes="$SLURM_JOB_NUM_NODES" --nproc_per_node="$nproc" \
   --rdzv_id="$SLURM_JOB_ID" --rdzv_backend=c10d --rdzv_endpoint="$head_node:29500" \
   --signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1 \
   train.py -p True --resume auto --save_every 1000 "$@" &

@@ -16,7 +16,8 @@
 #SBATCH --signal=B:USR1@300
 set -uo pipefail
 echo "== job ${SLURM_JOB_ID} start ${SLURM_RESTART_COUNT:-0} on $(hostname) at $(date -Is)"
-export OMP_NUM_THREADS=$(( ${SLURM_CPUS_PER_TASK:-4} / ${SLURM_GPUS_ON_NODE:-4} ))
+threads=$(( ${SLURM_CPUS_PER_TASK:-1} / ${SLURM_GPUS_ON_NODE:-1} ))  # the CPUs shared out to the GPU workers
+export OMP_NUM_THREADS=$(( threads > 0 ? threads : 1 ))
 
 # In the background, so that bash runs the trap at once instead of after the command ends.
 ${PYTHON:-python} train.py -p True --resume auto --save_every 1000 "$@" &

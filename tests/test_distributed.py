@@ -27,7 +27,7 @@ def free_port() -> int:
 
 def torchrun(*train_args, launcher=()) -> list:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-            str(free_port()), *launcher, os.path.join(ROOT, "train.py"), "-p", "True", *train_args]
+            str(free_port()), *launcher, os.path.join(ROOT, "train.py"), *train_args]
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +56,14 @@ def trained(no_dropout_bert, tmp_path_factory):
     common = ["-d", classes, "--train_path", data, "--bert_name", no_dropout_bert, "--dropout_p", "0",
               "--n_epochs", "2", "--lr_main", "3e-3", "--lr", "2e-2", "--max_length", "32", "--precision", "fp32",
               "--device", "cpu", "--log_every", "1000", "--save_every", "100"]
-    ddp = subprocess.run(torchrun(*common, "--batch_size", "4", "--save_path", str(folder / "ddp")),
+    ddp = subprocess.run(torchrun(*common, "-p", "True", "--batch_size", "4", "--save_path", str(folder / "ddp")),
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     code, out, err = call(train.main, [*common, "-p", "False", "--batch_size", "8",
                                        "--save_path", str(folder / "single")])
     assert code == 0, err
-    return {"dir": folder, "bert": no_dropout_bert, "common": common, "ddp": folder / "ddp", "single": folder / "single", "ddp_out": ddp.stdout}
+    return {"dir": folder, "bert": no_dropout_bert, "common": common, "ddp": folder / "ddp",
+            "single": folder / "single", "ddp_out": ddp.stdout}
 
 
 def test_ddp_trains_to_the_weights_of_one_process_with_the_same_global_batch(trained):
@@ -129,25 +130,40 @@ def test_sharded_predict_equals_one_process_in_input_order(trained, tmp_path):
     assert [r[0] for r in want["a.csv"][1:]] == [t for t, _ in make_rows(23, seed=1)]
 
 
-def test_ddp_preempted_through_torchrun_resumes_to_the_same_weights(trained, tmp_path):
-    """SIGUSR1 to torchrun (as slurm/multi_node.sh sends it): both ranks stop after the same update, rank 0 saves
-    with both ranks' RNG states, and torchrun --resume auto ends bitwise where the uninterrupted DDP run ended."""
+def usr1_once_saved(argv: list, save, after: int = 0):
+    """Run argv, send SIGUSR1 once a checkpoint newer than step `after` exists; (exit code, output)."""
     from resume import resume_root, step_folders
-    save = tmp_path / "preempted"
-    argv = torchrun(*trained["common"], "--batch_size", "4", "--save_path", str(save), "--resume", "auto",
-                    launcher=["--signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"])
-    first = subprocess.Popen([*argv, "--save_every", "2"], cwd=ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+
+    def newest():
+        found = step_folders(resume_root(str(save)))
+        return int(os.path.basename(found[-1])[5:]) if found else -1
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 180
-    while not step_folders(resume_root(str(save))) and first.poll() is None and time.monotonic() < deadline:
+    while newest() <= after and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    first.send_signal(signal.SIGUSR1)
-    out = first.communicate(timeout=120)[0]
-    assert "preemption signal: stopped after update" in out, out[-3000:]
-    assert "got signal: 10" in out  # torchrun handled USR1 (instead of dying of it) and passed it on
-    stopped_at = step_folders(resume_root(str(save)))[-1]
-    assert 2 <= int(os.path.basename(stopped_at)[5:]) < 24
-    second = subprocess.run([*argv, "--save_every", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resumed from {stopped_at}" in second.stdout
+    proc.send_signal(signal.SIGUSR1)
+    out = proc.communicate(timeout=120)[0]
+    return proc.returncode, out, newest()
+
+
+def test_ddp_preempted_twice_resumes_to_the_weights_of_an_uninterrupted_run(trained, tmp_path):
+    """SIGUSR1 to -p True's own launcher, then to torchrun (as slurm/multi_node.sh sends it): both ranks stop
+    after the same update, rank 0 saves both ranks' RNG states, and the run ends bitwise where the
+    uninterrupted DDP run ended."""
+    save = tmp_path / "preempted"
+    args = [*trained["common"], "-p", "True", "--batch_size", "4", "--save_path", str(save), "--resume", "auto",
+            "--save_every", "2"]
+    launcher = [sys.executable, "-c", "import sys, engine; sys.exit(engine.launch_local_workers('train.py', "
+                                      "sys.argv[1:], 2))", *args]
+    code, out, first_stop = usr1_once_saved(launcher, save)
+    assert code == 75, out[-3000:]  # the launcher passes the workers' code on, for the batch script
+    assert "preemption signal: stopped after update" in out
+    handled = ["--signals_to_handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"]  # else torchrun dies of USR1
+    code, out, second_stop = usr1_once_saved(torchrun(*args, launcher=handled), save, after=first_stop)
+    assert f"resumed from {save}/resume/step-{first_stop:06d}" in out
+    assert "preemption signal: stopped after update" in out and "got signal: 10" in out, out[-3000:]
+    assert 2 <= first_stop < second_stop < 24
+    last = subprocess.run(torchrun(*args), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert f"resumed from {save}/resume/step-{second_stop:06d}" in last.stdout
     assert_same_run(final_state(save), final_state(trained["ddp"]))

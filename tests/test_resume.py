@@ -173,3 +173,15 @@ def test_a_finished_run_resumed_does_nothing_more(task, reference):
     assert code == 0, err
     assert "epoch 1/2" not in out + err and "done: best epoch" in out
     assert_same_run(final_state(save), want)
+
+
+def test_auto_takes_the_newest_complete_step_and_ignores_half_written_ones(tmp_path):
+    from resume import find_resumable, resume_root
+    root = resume_root(str(tmp_path))
+    for name, complete in (("step-999999", True), ("step-1000000", True), ("step-1000001", False),
+                           (".step-000200.x1y2", True)):  # a folder without state.pt, a crash's temp folder
+        os.makedirs(os.path.join(root, name))
+        if complete:
+            open(os.path.join(root, name, "state.pt"), "wb").close()
+    assert find_resumable("auto", str(tmp_path)) == os.path.join(root, "step-1000000")  # by number, not by name
+    assert find_resumable("auto", str(tmp_path / "elsewhere")) is None

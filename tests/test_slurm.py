@@ -66,22 +66,17 @@ def wait_for(condition, seconds: float, what: str, log: str):
     pytest.fail(f"timed out waiting for {what}; job output:\n{text}")
 
 
-def test_preempted_job_requeues_itself_resumes_and_matches_an_uninterrupted_run(cluster, tiny_bert, tmp_path):
-    import train
+def preempted_and_requeued(cluster, script: str, sbatch: list, args: list, save, log: str,
+                           env: dict = None) -> str:
+    """Submit `script`, send the batch shell USR1 once a checkpoint exists, release the requeued job at once and
+    wait for its end; the job's output, after checking it ran twice and completed."""
     from resume import resume_root, step_folders
-    classes = write_classes(tmp_path / "classes.json")
-    data = write_csv(tmp_path / "train.csv", make_rows(150))
-    args = ["-d", classes, "--train_path", data, "--bert_name", tiny_bert, "--n_epochs", "1", "--batch_size", "8",
-            "--max_length", "32", "--lr_main", "3e-3", "--lr", "2e-2", "--precision", "fp32", "--log_every", "1000",
-            "--save_every", "2"]
-    save, log = tmp_path / "job", str(tmp_path / "job.out")
     submitted = subprocess.run(
-        ["sbatch", "--parsable", f"--chdir={ROOT}", "--cpus-per-task=1", "--mem=2G", f"--output={log}",
-         os.path.join(SLURM, "cpu.sh"), *args, "--save_path", str(save)],
-        env={**cluster, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+        ["sbatch", "--parsable", f"--chdir={ROOT}", "--mem=2G", f"--output={log}", *sbatch,
+         os.path.join(SLURM, script), *args, "--save_path", str(save)],
+        env={**cluster, "PYTHON": sys.executable, **(env or {})}, capture_output=True, text=True, timeout=60)
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
-
     wait_for(lambda: step_folders(resume_root(str(save))), 180, "the first resumable checkpoint", log)
     assert job_info(cluster, job)["JobState"] == "RUNNING"
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=cluster, check=True, timeout=30)
@@ -95,14 +90,39 @@ def test_preempted_job_requeues_itself_resumes_and_matches_an_uninterrupted_run(
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=cluster, check=True, timeout=30)
     wait_for(lambda: job_info(cluster, job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED"), 300,
              "the requeued job to finish", log)
-
     info, output = job_info(cluster, job), open(log, encoding="utf-8").read()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", output[-3000:]
     assert f"== job {job} start 0" in output and f"== job {job} start 1" in output  # one log, both runs
-    assert "train.py exit code 75" in output and "preemption signal: stopped after update" in output
+    assert "preemption signal: stopped after update" in output
     assert re.search(r"resumed from .*/resume/step-0000\d\d: epoch 1", output)
-    assert "train.py exit code 0" in output
+    return output
 
-    code, out, err = call(train.main, [*args, "-p", "False", "--device", "cpu", "--save_path", str(tmp_path / "ref")])
+
+@pytest.fixture
+def job_args(tiny_bert, tmp_path) -> list:
+    classes = write_classes(tmp_path / "classes.json")
+    data = write_csv(tmp_path / "train.csv", make_rows(150))
+    return ["-d", classes, "--train_path", data, "--bert_name", tiny_bert, "--n_epochs", "1", "--batch_size", "8",
+            "--max_length", "32", "--lr_main", "3e-3", "--lr", "2e-2", "--precision", "fp32", "--log_every", "1000",
+            "--save_every", "2"]
+
+
+def test_cpu_job_preempted_requeues_itself_resumes_and_matches_an_uninterrupted_run(cluster, job_args, tmp_path):
+    import train
+    save = tmp_path / "job"
+    output = preempted_and_requeued(cluster, "cpu.sh", ["--cpus-per-task=1"], job_args, save,
+                                    str(tmp_path / "job.out"))
+    assert "train.py exit code 75" in output and "train.py exit code 0" in output
+    code, out, err = call(train.main, [*job_args, "-p", "False", "--device", "cpu", "--save_path",
+                                       str(tmp_path / "ref")])
     assert code == 0, err
     assert_same_run(final_state(save), final_state(tmp_path / "ref"))
+
+
+def test_multi_node_script_on_one_node_passes_the_signal_through_srun_and_torchrun(cluster, job_args, tmp_path):
+    """slurm/multi_node.sh with one node and two CPU workers: srun -> torchrun -> workers, c10d rendezvous."""
+    output = preempted_and_requeued(cluster, "multi_node.sh", ["--nodes=1", "--cpus-per-task=2", "--gpus-per-node=0"],
+                                    [*job_args, "--device", "cpu"], tmp_path / "job", str(tmp_path / "job.out"),
+                                    env={"NPROC_PER_NODE": "2"})
+    assert "device cpu x2" in output and "Received 10 death signal" in output  # torchrun passed USR1 on
+    assert "srun exit code 0" in output
