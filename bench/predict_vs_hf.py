@@ -126,11 +126,12 @@ def main(argv=None) -> int:
     os.makedirs(os.path.join(args.workdir, "inputs"), exist_ok=True)
     n = write_slice(os.path.join(ROOT, "data", "dev.csv"), os.path.join(args.workdir, "inputs", "dev.csv"), 0,
                     args.rows)
-    print(f"predict_vs_hf: {n} sentences of data/dev.csv, max_length 128, {threads} CPU thread(s); workdir {args.workdir}; "
-          f"load before: {load_average()}", flush=True)
+    print(f"predict_vs_hf: {n} sentences of data/dev.csv, max_length 128, {threads} CPU thread(s); "
+          f"workdir {args.workdir}; load before: {load_average()}", flush=True)
     model = args.save_path or train_small_model(args)
     variants = ["ours", "ours_fp32", "pipeline"] + [f"ours_b{b}" for b in args.batch_sizes.split(",") if b]
-    results = {v: run_child(os.path.abspath(__file__), v, args.workdir, ["--model", model, "--threads", str(args.threads)]) for v in variants}
+    extra = ["--model", model, "--threads", str(args.threads)]
+    results = {v: run_child(os.path.abspath(__file__), v, args.workdir, extra) for v in variants}
     reference = np.load(os.path.join(args.workdir, "pipeline.npy"))
     rows = []
     for v, r in results.items():
