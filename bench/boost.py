@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     write_slice(os.path.join(ROOT, "data", "dev.csv"), os.path.join(args.workdir, "valid.csv"), 0, args.valid_rows)
     print(f"boost: {args.rows} training rows, {args.valid_rows} validation rows, {args.n_epochs} epochs, "
           f"encoder frozen, {threads} CPU thread(s); workdir {args.workdir}; load before: {load_average()}", flush=True)
-    extra = ["--threads", str(args.threads), "--rows", str(args.rows), "--valid_rows", str(args.valid_rows), "--n_epochs", str(args.n_epochs)]
+    extra = ["--threads", str(args.threads), "--rows", str(args.rows), "--valid_rows", str(args.valid_rows),
+             "--n_epochs", str(args.n_epochs)]
     results = {v: run_child(os.path.abspath(__file__), v, args.workdir, extra)
                for v in ("frozen", "boost", "boost_again")}
 
