@@ -137,19 +137,23 @@ def test_rows_keep_input_order_across_chunks(tmp_path, trained, monkeypatch):
     assert code == 0, err
     rows = read(tmp_path / "out" / "s.csv")
     assert [r[0] for r in rows] == texts
-    model, tokenizer, *_ = load_model(trained["save"], torch.device("cpu"))
+    model, tokenizer, _, _, extra = load_model(trained["save"], torch.device("cpu"))
     for text, row in zip(texts[:8], rows):
         ids = torch.tensor([tokenizer(text, truncation=True, max_length=32)["input_ids"]])
         with torch.inference_mode():
-            alone = torch.softmax(model(input_ids=ids, attention_mask=torch.ones_like(ids)), -1)[0]
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+            alone = torch.softmax(logits / extra["temperature"], -1)[0]  # predict.py applies the calibration
         assert np.allclose([float(p) for p in row[2:]], alone.numpy(), atol=1e-4)
 
 
 def test_big_files_stream_in_flat_memory(tmp_path, monkeypatch):
     """Python memory at its peak does not grow with the file: 12 times the rows, about the same peak.
     The model is replaced by constant probabilities: what is measured is reading, chunking and writing."""
+    import torch
+
     import predict
     from config import Config
+    from engine import Run
     monkeypatch.setattr(predict, "CHUNK_ROWS", 1000)
     monkeypatch.setattr(predict, "predict_probabilities",
                         lambda model, tokenizer, texts, *a, **k: np.full((len(texts), 3), 1 / 3, dtype=np.float32))
@@ -161,7 +165,7 @@ def test_big_files_stream_in_flat_memory(tmp_path, monkeypatch):
         tracemalloc.start()
         started = time.perf_counter()
         stats = predict.predict_file(str(path), str(tmp_path / f"big{n}.csv"), None, None, Config(),
-                                     ["anger", "joy", "sadness"], None, {})
+                                     ["anger", "joy", "sadness"], Run(torch.device("cpu")), {})
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert stats["rows"] == n, time.perf_counter() - started

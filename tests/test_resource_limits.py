@@ -52,7 +52,7 @@ def test_halving_keeps_the_rows_of_every_update(capsys):
     log, run, split = {}, Quiet(), {"parts": 1}
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     # attempt 0 fails in the 2nd micro-step of its 3rd update; attempt 1 (batches of 4) in its first step
-    train_epoch_halving_on_oom(fake_epoch({(0, 5), (1, 0)}, log), sampler, 1, cfg, run, optimizer, split)
+    train_epoch_halving_on_oom(fake_epoch({(0, 5), (1, 0)}, log), sampler, 1, 0, cfg, run, optimizer, split)
     assert split["parts"] == 4 and log["accum"] == [2, 4, 8]
     assert log["updates"] == expected  # the interrupted update was redone whole, none twice
     assert max(log["micro"][5:]) <= 2

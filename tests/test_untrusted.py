@@ -191,5 +191,5 @@ def test_the_code_never_opts_into_unsafe_loading():
             source = f.read()
         assert not re.search(r"trust_remote_code\s*=\s*True", source), path
         assert not re.search(r"pickle\.loads?\(|Unpickler\(|import dill|import joblib", source), path
-        for call_text in re.findall(r"torch\.load\([^)]*\)", source):
+        for call_text in re.findall(r"torch\.load\(.*", source):  # the rest of the line: calls nest parentheses
             assert "weights_only=True" in call_text, (path, call_text)
