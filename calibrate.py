@@ -98,11 +98,15 @@ def reliability_pairs(probs: np.ndarray, y: np.ndarray, multi_label: bool):
 
 
 def decide(probs: np.ndarray, multi_label: bool, thresholds=None, allow_empty: bool = False) -> np.ndarray:
-    """engine.decide, with the multi-label fallback to the most probable class optional."""
-    from engine import decide as engine_decide
-    if not multi_label or not allow_empty:
-        return engine_decide(probs, multi_label, thresholds)
-    return (probs >= (np.asarray(thresholds) if thresholds is not None else 0.5)).astype(int)
+    """Single-label: class ids (n,). Multi-label: 0/1 (n, classes), every class over its threshold; a row with
+    none gets its most probable class unless `allow_empty`."""
+    if not multi_label:
+        return probs.argmax(axis=1)
+    chosen = probs >= (np.asarray(thresholds) if thresholds is not None else 0.5)
+    if not allow_empty:
+        empty = ~chosen.any(axis=1)
+        chosen[empty, probs[empty].argmax(axis=1)] = True
+    return chosen.astype(int)
 
 
 def calibrate(logits: np.ndarray, labels: list, n_classes: int, multi_label: bool) -> dict:

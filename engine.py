@@ -259,21 +259,12 @@ def probabilities(logits: torch.Tensor, multi_label: bool, temperature: float = 
     return torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=-1)
 
 
-def decide(probs: np.ndarray, multi_label: bool, thresholds=None) -> np.ndarray:
-    """Single-label: class ids (n,). Multi-label: 0/1 (n, classes), every class over its threshold, and the most
-    probable class where none is, so no row is left without a label."""
-    if not multi_label:
-        return probs.argmax(axis=1)
-    chosen = probs >= (np.asarray(thresholds) if thresholds is not None else 0.5)
-    empty = ~chosen.any(axis=1)
-    chosen[empty, probs[empty].argmax(axis=1)] = True
-    return chosen.astype(int)
-
-
 def compute_metrics(logits: torch.Tensor, labels, loss_fn, multi_label: bool, n_classes: int,
                     thresholds=None) -> dict:
     """loss, accuracy (exact match for multi-label) and macro-F1 over all classes."""
     from sklearn.metrics import accuracy_score, f1_score
+
+    from calibrate import decide
     target = _target_tensor(labels, n_classes, multi_label)
     loss = float(loss_fn(logits.float(), target))
     probs = probabilities(logits, multi_label).numpy()
