@@ -1,6 +1,7 @@
 """Training speed of train.py's loop against Hugging Face's Trainer and a seed-style loop, in one run.
 
-    python bench/train_vs_hf.py                          # 4,000 rows, 1 epoch, all contenders (~8 min on 2 cores)
+    python bench/train_vs_hf.py                          # 4,000 rows, 1 epoch, all contenders
+    python bench/train_vs_hf.py --threads 1              # on a shared machine (11 min here at load 4-5)
     python bench/train_vs_hf.py --rows 1000 --only ours,trainer_bf16
     python bench/train_vs_hf.py --only ours,ours_plain --windows 4,64 --seed 1    # tune the bucket window
 
