@@ -298,3 +298,31 @@ def test_bench_converts_goemotions_tsv_to_the_csv_train_py_reads(tmp_path):
     data = load_labelled_csv(out, "sentences", "emotion", NAMES, multi_label=True)
     assert data.texts == ['"Quoted" start, and a comma', "plain text"]
     assert data.labels == [[0, 2], [1]]
+
+
+def test_allow_empty_reaches_predict(tmp_path, tiny_bert):
+    import predict
+    import train
+    from checkpoint import commit_files
+    classes = write_classes(tmp_path / "classes.json")
+    save = str(tmp_path / "ml")
+    code, _, err = call(train.main, ["-d", classes, "-p", "False", "--train_path",
+                                     write_csv(tmp_path / "ml.csv", multi_rows(60)), "--bert_name", tiny_bert,
+                                     "--save_path", save, "--n_epochs", "1", "--batch_size", "8", "--max_length",
+                                     "32", "--multi_label", "True"])
+    assert code == 0, err
+    staged = tmp_path / "calibration.json"
+    staged.write_text(json.dumps({"temperature": 1.0, "thresholds": [1.1, 1.1, 1.1]}))  # nothing passes
+    commit_files(save, {"calibration.json": str(staged)})
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_csv(inputs / "x.csv", multi_rows(10, seed=9))
+    labels = {}
+    for allow in ("False", "True"):
+        out_dir = str(tmp_path / f"out_{allow}")
+        code, _, err = call(predict.main, ["-f", str(inputs), "-d", classes, "-p", "False", "--save_path", save,
+                                           "--out_dir", out_dir, "--allow_empty", allow])
+        assert code == 0, err
+        with open(os.path.join(out_dir, "x.csv"), encoding="utf-8") as f:
+            labels[allow] = [row["label"] for row in csv.DictReader(f)]
+    assert all(labels["False"]) and not any(labels["True"])
