@@ -17,7 +17,7 @@ POOLINGS = ("cls", "pooler", "mean", "max", "cls_last4")
 METRICS = ("macro_f1", "accuracy", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # predict.py's --batch_size default. Its batches are sorted by length, so a larger batch adds little padding;
-# on the 2-core CPU this was measured with bench/predict_vs_hf.py --batch_sizes (see docs_speed.md).
+# on the 2-core CPU this was measured with bench/predict_vs_hf.py --batch_sizes (README, Speed).
 PREDICT_BATCH_SIZE = 64
 
 
@@ -59,7 +59,7 @@ class Config:
                           group="both")
     gradient_accumulation_steps: int = opt(1, "steps whose gradients are summed before one optimizer update")
     lr: float = opt(1e-3, "learning rate of the classifier head")
-    # 2e-4 beat 1e-4 for the embedded 6-layer checkpoint on GoEmotions (docs_accuracy.md); a small encoder
+    # 2e-4 beat 1e-4 for the embedded 6-layer checkpoint on GoEmotions (README, Accuracy); a small encoder
     # takes a larger step than the 2e-5..5e-5 usual for BERT-base
     lr_main: float = opt(2e-4, "learning rate of the encoder when it is fine-tuned")
     weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorm)")
