@@ -182,6 +182,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run: R
     started = time.perf_counter()
     bar = tqdm(total=len(loader), desc=desc, disable=not run.is_main, dynamic_ncols=True, leave=False)
     for step, batch in enumerate(loader):
+        # counted on the host copy: summing the mask on the GPU would sync with it on every step
+        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
         batch = to_device(batch, run.device)
         last_micro_step = (step + 1) % accum == 0 or step + 1 == len(loader)
         # DDP all-reduces gradients only on the micro-step that ends an accumulation
@@ -201,7 +203,6 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run: R
             optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
         samples += len(batch["labels"])
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
         bar.update(1)
         if run.is_main and ((step + 1) % log_every == 0 or step + 1 == len(loader)):
             elapsed = time.perf_counter() - started
