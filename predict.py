@@ -15,7 +15,6 @@ exit code is then 1. The model, its tokenizer, label map and settings all come f
 import argparse
 import contextlib
 import csv
-import hashlib
 import json
 import os
 import sys

@@ -12,8 +12,6 @@ and the exit code is 2. The best epoch (by --metric) is saved to --save_path, wh
 SIGUSR1 or SIGTERM (a cluster's preemption or time limit) make it finish the current step, save a resumable
 checkpoint in --save_path/resume/ and exit with code 75; --resume auto then continues where it stopped.
 """
-import dataclasses
-import json
 import os
 import random
 import sys
@@ -93,15 +91,42 @@ def main(argv=None) -> int:
         return train(cfg, stop)
 
 
+def build_model(cfg: Config, n_classes: int, run):
+    """(classifier on run.device, tokenizer, resolved checkpoint path) from --bert_name."""
+    from model import BertClassifier, load_pretrained_encoder, load_tokenizer, max_supported_length
+    model_path = resolve_model_path(cfg.bert_name)
+    tokenizer = load_tokenizer(model_path)
+    encoder = load_pretrained_encoder(model_path)
+    limit = max_supported_length(encoder, tokenizer)
+    if cfg.max_length > limit:
+        raise InputError(f"--max_length {cfg.max_length}: {cfg.bert_name} supports at most {limit} tokens")
+    model = BertClassifier(encoder, n_classes, cfg.pooling, cfg.dropout_p)
+    if not cfg.bert_finetuning:
+        model.freeze_encoder()
+    if cfg.pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
+        encoder.pooler.requires_grad_(False)  # unused by this pooling: DDP would wait for its gradients forever
+    return model.to(run.device), tokenizer, model_path
+
+
+def encode_rows(data, model, tokenizer, model_path: str, cfg: Config, run):
+    """Token ids of every row, tokenised once; with --boost, the frozen encoder's cached sentence vectors."""
+    from dataset import EncodedDataset, tokenize
+    ids = tokenize(tokenizer, data.texts, cfg.max_length)
+    if not cfg.boost:
+        return EncodedDataset(ids, data.labels)
+    from engine import cached_sentence_vectors
+    return EncodedDataset(labels=data.labels,
+                          features=cached_sentence_vectors(model, tokenizer, data.texts, ids, cfg, model_path, run))
+
+
 def train(cfg: Config, stop) -> int:
     """Train one process (one rank of several under DDP); PREEMPTED_EXIT if stopped by a signal."""
     names, train_data, valid_data = load_data(cfg)
 
     from checkpoint import save_model, write_json
-    from dataset import BucketBatchSampler, Collator, EncodedDataset, class_counts, tokenize
+    from dataset import BucketBatchSampler, Collator, class_counts
     from engine import (build_optimizer, build_scheduler, cleanup_run, compute_metrics, evaluate, is_better,
                         setup_run, train_one_epoch, unwrap)
-    from model import BertClassifier, load_pretrained_encoder, load_tokenizer, max_supported_length
     from resume import PREEMPTED_EXIT, save_resumable, start_or_resume
 
     run = setup_run(cfg.device, cfg.precision)
@@ -109,33 +134,10 @@ def train(cfg: Config, stop) -> int:
         gpus = torch.cuda.device_count()
         run.print(f"-p True: {gpus} GPU(s) on this machine, training in one process on {run.device}")
     seed_everything(cfg.seed)
-    model_path = resolve_model_path(cfg.bert_name)
-    tokenizer = load_tokenizer(model_path)
-    encoder = load_pretrained_encoder(model_path)
-    limit = max_supported_length(encoder, tokenizer)
-    if cfg.max_length > limit:
-        raise InputError(f"--max_length {cfg.max_length}: {cfg.bert_name} supports at most {limit} tokens")
-    model = BertClassifier(encoder, len(names), cfg.pooling, cfg.dropout_p)
-    if not cfg.bert_finetuning:
-        model.freeze_encoder()
-    if cfg.pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
-        encoder.pooler.requires_grad_(False)  # unused by this pooling: DDP would wait for its gradients forever
-    model.to(run.device)
-
-    t0 = time.perf_counter()
-    train_ids, valid_ids = (tokenize(tokenizer, d.texts, cfg.max_length) for d in (train_data, valid_data))
-    tokenize_s = time.perf_counter() - t0
-    if cfg.boost:
-        from engine import cached_sentence_vectors
-        train_set = EncodedDataset(labels=train_data.labels,
-                                   features=cached_sentence_vectors(model, tokenizer, train_data.texts, train_ids,
-                                                                    cfg, model_path, run))
-        valid_set = EncodedDataset(labels=valid_data.labels,
-                                   features=cached_sentence_vectors(model, tokenizer, valid_data.texts, valid_ids,
-                                                                    cfg, model_path, run))
-    else:
-        train_set = EncodedDataset(train_ids, train_data.labels)
-        valid_set = EncodedDataset(valid_ids, valid_data.labels)
+    model, tokenizer, model_path = build_model(cfg, len(names), run)
+    started = time.perf_counter()
+    train_set, valid_set = (encode_rows(d, model, tokenizer, model_path, cfg, run) for d in (train_data, valid_data))
+    tokenize_s = time.perf_counter() - started
     collate = Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label)
     train_sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank)
     valid_sampler = BucketBatchSampler(valid_set.lengths(), cfg.batch_size * 4, False, 0, run.world_size, run.rank)
@@ -165,7 +167,7 @@ def train(cfg: Config, stop) -> int:
               f"device {run.device} x{run.world_size}, precision {run.precision}, batch {cfg.batch_size} per process"
               f" x {run.world_size} process(es) x {cfg.gradient_accumulation_steps} accumulation = "
               f"{cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps} per update, "
-              f"{updates_per_epoch} updates per epoch, {cfg.n_epochs} epoch(s); tokenised in {tokenize_s:.1f}s")
+              f"{updates_per_epoch} updates per epoch, {cfg.n_epochs} epoch(s); data encoded in {tokenize_s:.1f}s")
 
     progress = start_or_resume(cfg, run, unwrap(model), optimizer, scheduler, scaler)
 

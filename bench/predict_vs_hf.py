@@ -18,7 +18,6 @@ Timings exclude loading the model; ours includes reading and writing the CSV, th
 """
 import argparse
 import csv
-import json
 import os
 import sys
 import tempfile

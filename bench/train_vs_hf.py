@@ -157,7 +157,6 @@ def run_trainer(args, variant: str) -> dict:
 
 def run_seed_loop(args, variant: str) -> dict:
     """The tutorial's loop: pad to max_length, fp32, AdamW, linear schedule, clip, loss.item() every step."""
-    import numpy as np
     import torch
     from transformers import get_linear_schedule_with_warmup
     tokenizer, model, data, names = hf_parts(args)
@@ -203,7 +202,6 @@ def scores(logits, labels, n_classes: int) -> dict:
 # ------------------------------------------------------------------------------------------------- FLOPs
 def epoch_flops(args, rows: int) -> float:
     """Useful training FLOPs of one epoch over the first `rows` training rows (formula in the module doc)."""
-    import torch
     from transformers import AutoConfig, AutoTokenizer
 
     from config import EMBEDDED_MODEL, resolve_model_path

@@ -1,6 +1,5 @@
 """The speed-ups that could break quietly: buckets, per-batch padding, sorted prediction, the --boost cache, bf16."""
 import csv
-import os
 import random
 
 import numpy as np
