@@ -77,6 +77,18 @@ def tiny_task(tmp_path, tiny_bert):
             "args": args}
 
 
+def train_tiny(folder, tiny_bert, rows: int, epochs: int, *flags) -> tuple:
+    """train.py on `rows` tiny-task rows into folder/model: (save_path, classes.json, stdout)."""
+    import train
+    classes = write_classes(folder / "classes.json")
+    data = write_csv(folder / "train.csv", make_rows(rows))
+    save = str(folder / "model")
+    code, out, err = call(train.main, ["-d", classes, "-p", "False", "--train_path", data, "--bert_name", tiny_bert,
+                                       "--save_path", save, "--n_epochs", str(epochs), "--max_length", "32", *flags])
+    assert code == 0, err
+    return save, classes, out
+
+
 def call(main, argv):
     """Run an entry point in-process as the command line would: (exit code, stdout, stderr)."""
     from config import run_cli

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import calibrate
-from conftest import NAMES, call, make_rows, write_classes, write_csv
+from conftest import NAMES, call, make_rows, train_tiny, write_classes, write_csv
 
 PNGS = ("confusion_matrix.png", "reliability.png", "learning_curves.png")
 
@@ -203,16 +203,8 @@ def assert_report_matches_sklearn(labelled_csv, predictions_csv, folder, multi_l
 @pytest.fixture(scope="module")
 def single_label_model(tmp_path_factory, tiny_bert):
     """A tiny single-label model trained once for this module: (save_path, classes.json, train.py stdout)."""
-    import train
-    folder = tmp_path_factory.mktemp("single_label")
-    classes = write_classes(folder / "classes.json")
-    data = write_csv(folder / "train.csv", make_rows(90))
-    save = str(folder / "model")
-    code, out, err = call(train.main, ["-d", classes, "-p", "False", "--train_path", data, "--bert_name", tiny_bert,
-                                       "--save_path", save, "--n_epochs", "2", "--batch_size", "8", "--lr_main",
-                                       "1e-3", "--lr", "5e-3", "--max_length", "32"])
-    assert code == 0, err
-    return save, classes, out
+    return train_tiny(tmp_path_factory.mktemp("single_label"), tiny_bert, 90, 2, "--batch_size", "8",
+                      "--lr_main", "1e-3", "--lr", "5e-3")
 
 
 def test_training_report_single_label(single_label_model):

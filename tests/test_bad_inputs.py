@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import call, make_rows, run_script, write_classes, write_csv
+from conftest import call, make_rows, run_script, train_tiny, write_classes, write_csv
 
 GOOD_ROWS = "".join(f"{t},{n}\n" for t, n in make_rows(30))
 
@@ -143,17 +143,10 @@ def assert_refused(code, out, err, expected, before, after):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert):
     """A model trained for one epoch on the tiny task, and the classes.json and inputs it was trained with."""
-    import train
     folder = tmp_path_factory.mktemp("trained")
-    classes = write_classes(folder / "classes.json")
-    data = write_csv(folder / "train.csv", make_rows(60))
     (folder / "inputs").mkdir()
     write_csv(folder / "inputs" / "a.csv", [(t,) for t, _ in make_rows(5, seed=3)], header=("sentences",))
-    save = str(folder / "model")
-    code, out, err = call(train.main, ["-d", classes, "-p", "False", "--train_path", data, "--bert_name", tiny_bert,
-                                       "--save_path", save, "--n_epochs", "1", "--batch_size", "16",
-                                       "--max_length", "32", "--precision", "fp32"])
-    assert code == 0, err
+    save, classes, _ = train_tiny(folder, tiny_bert, 60, 1, "--batch_size", "16", "--precision", "fp32")
     return {"classes": classes, "save": save, "inputs": str(folder / "inputs")}
 
 

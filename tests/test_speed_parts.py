@@ -6,22 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import call, make_rows, write_classes, write_csv
+from conftest import call, make_rows, train_tiny, write_csv
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert):
     """A tiny model trained for two epochs by train.py: (model folder, tmp folder)."""
-    import train
     folder = tmp_path_factory.mktemp("speed")
-    classes = write_classes(folder / "classes.json")
-    data = write_csv(folder / "train.csv", make_rows(90))
-    save = str(folder / "model")
-    code, out, err = call(train.main, ["-d", classes, "-p", "False", "--train_path", data, "--bert_name", tiny_bert,
-                                       "--save_path", save, "--n_epochs", "2", "--batch_size", "8",
-                                       "--lr_main", "1e-3", "--lr", "5e-3", "--max_length", "32",
-                                       "--precision", "fp32"])
-    assert code == 0, err
+    save, _, _ = train_tiny(folder, tiny_bert, 90, 2, "--batch_size", "8", "--lr_main", "1e-3", "--lr", "5e-3",
+                            "--precision", "fp32")
     return save, folder
 
 

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from conftest import ROOT, call, make_rows, write_classes, write_csv
+from conftest import ROOT, call, make_rows, train_tiny, write_classes, write_csv
 
 
 class Payload:
@@ -32,17 +32,10 @@ def test_the_payload_is_live(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert):
-    import train
     folder = tmp_path_factory.mktemp("untrusted")
-    classes = write_classes(folder / "classes.json")
-    data = write_csv(folder / "train.csv", make_rows(60))
     (folder / "in").mkdir()
     (folder / "in" / "a.txt").write_text("i feel happy\n", encoding="utf-8")
-    save = str(folder / "model")
-    code, _, err = call(train.main, ["-d", classes, "-p", "False", "--train_path", data, "--bert_name", tiny_bert,
-                                     "--save_path", save, "--n_epochs", "1", "--batch_size", "16",
-                                     "--max_length", "32", "--precision", "fp32"])
-    assert code == 0, err
+    save, classes, _ = train_tiny(folder, tiny_bert, 60, 1, "--batch_size", "16", "--precision", "fp32")
     return {"classes": classes, "save": save, "inputs": str(folder / "in")}
 
 
