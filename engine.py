@@ -265,24 +265,15 @@ def compute_metrics(logits: torch.Tensor, labels, loss_fn, multi_label: bool, n_
     """loss, accuracy (exact match for multi-label) and macro-F1 over all classes."""
     from sklearn.metrics import accuracy_score, f1_score
 
-    from calibrate import decide
-    target = _target_tensor(labels, n_classes, multi_label)
+    from calibrate import decide, target_matrix
+    y = target_matrix(labels, n_classes) if multi_label else np.asarray(labels)
+    target = torch.as_tensor(y, dtype=torch.float32 if multi_label else torch.long)
     loss = float(loss_fn(logits.float(), target))
     probs = probabilities(logits, multi_label).numpy()
     pred = decide(probs, multi_label, thresholds)
-    y = target.numpy().astype(int) if multi_label else np.asarray(labels)
     kwargs = {} if multi_label else {"labels": list(range(n_classes))}
     return {"loss": loss, "accuracy": float(accuracy_score(y, pred)),
             "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0, **kwargs))}
-
-
-def _target_tensor(labels, n_classes: int, multi_label: bool) -> torch.Tensor:
-    if not multi_label:
-        return torch.as_tensor(labels, dtype=torch.long)
-    target = torch.zeros((len(labels), n_classes))
-    for row, ids in enumerate(labels):
-        target[row, ids] = 1.0
-    return target
 
 
 def is_better(metric: str, value: float, best) -> bool:
