@@ -48,24 +48,20 @@ def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_
     """(len(texts), n_classes) probabilities in input order; batches are sorted by length and padded per batch.
 
     `stats["tokens"]`, when given, is increased by the number of tokens read (for the tokens/s report)."""
-    from dataset import tokenize
+    from dataset import Collator, tokenize
     from engine import probabilities
     ids = tokenize(tokenizer, texts, max_length)
     if stats is not None:
         stats["tokens"] = stats.get("tokens", 0) + sum(len(x) for x in ids)
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(texts), model.classifier.out_features), dtype=np.float32)
-    pad = tokenizer.pad_token_id or 0
+    collate = Collator(tokenizer.pad_token_id or 0)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        longest = max(len(ids[i]) for i in rows)
-        input_ids = torch.full((len(rows), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        for r, i in enumerate(rows):
-            input_ids[r, :len(ids[i])] = torch.as_tensor(ids[i])
-            mask[r, :len(ids[i])] = 1
+        batch = collate([{"index": int(i), "input_ids": ids[i]} for i in rows])  # padded to its longest row
         with run.autocast():
-            logits = model(input_ids=input_ids.to(run.device), attention_mask=mask.to(run.device))
+            logits = model(input_ids=batch["input_ids"].to(run.device),
+                           attention_mask=batch["attention_mask"].to(run.device))
         out[rows] = probabilities(logits, multi_label, temperature).cpu().numpy()
     return out
 
