@@ -161,10 +161,15 @@ def run_cli(main) -> None:
         code = main()
     except InputError as e:
         sys.stderr.write(f"error: {e}\n")
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
-        sys.exit(130)
+        code = 130
+    finally:
+        # a rank that exits on an error without leaving its gloo group can abort at exit instead of returning 2
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     sys.exit(code or 0)
 
 

@@ -98,7 +98,10 @@ def setup_run(device_name: str, precision: str) -> Run:
 
 
 def cleanup_run() -> None:
+    """Leave the process group together: a gloo rank that tears down while a peer still talks to it can abort
+    ("terminate called without an active exception") and fail the whole launch."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -130,6 +130,23 @@ def test_sharded_predict_equals_one_process_in_input_order(trained, tmp_path):
     assert [r[0] for r in want["a.csv"][1:]] == [t for t, _ in make_rows(23, seed=1)]
 
 
+def test_sharded_predict_input_error_exits_2_on_every_rank(trained, tmp_path):
+    """A bad label map under two workers: each rank says what is wrong and exits 2, no abort at exit."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_csv(inputs / "a.csv", [("i feel happy",)], header=("sentences",))
+    wrong = tmp_path / "classes.json"
+    wrong.write_text(json.dumps({"x": 0, "y": 1}), encoding="utf-8")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, engine; sys.exit(engine.launch_local_workers("
+                               "'predict.py', sys.argv[1:], 2))", "-f", str(inputs), "-d", str(wrong),
+         "--save_path", str(trained["ddp"]), "--device", "cpu", "-p", "True", "--out_dir", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "differs from the one the model was trained with" in proc.stderr
+    assert "terminate called" not in proc.stderr and "Traceback" not in proc.stderr
+
+
 def usr1_once_saved(argv: list, save, after: int = 0):
     """Run argv, send SIGUSR1 once a checkpoint newer than step `after` exists; (exit code, output)."""
     from resume import resume_root, step_folders
