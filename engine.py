@@ -82,6 +82,24 @@ def pick_precision(name: str, device: torch.device) -> str:
     return name
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the kernel.
+
+    By default glibc serves every block over 32 MB (BERT's 30,522 x 384 word-embedding gradient is 47 MB) with
+    its own mmap and unmaps it when freed, so the next step's block of the same size page-faults in again, zero
+    page by zero page: 11% of a CPU training step here. Off mmap and with trimming off, freed blocks stay in the
+    heap and are reused. Returns whether the setting took (glibc on Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
+
+
 def setup_run(device_name: str, precision: str) -> Run:
     """Join the process group when launched by torchrun (RANK/LOCAL_RANK/WORLD_SIZE), else a single process."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -91,6 +109,8 @@ def setup_run(device_name: str, precision: str) -> Run:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cpu":
+        keep_freed_memory()
     if device.type == "cpu" and world_size > 1:
         # ranks share the machine's cores; oversubscribing them makes every rank slower
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))

@@ -202,3 +202,113 @@ def test_boost_cache_is_reused_and_invalidated_by_checkpoint_length_and_text(tin
             enc = tokenizer([texts[row]], truncation=True, max_length=32, return_tensors="pt")
             alone = model.sentence_vector(enc["input_ids"], enc["attention_mask"])[0]
             torch.testing.assert_close(first[row], alone, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------- fast dropout
+def test_fast_dropout_drops_p_of_the_elements_unbiased_and_masks_the_gradient_alike():
+    from model import FastDropout
+    torch.manual_seed(0)
+    x = torch.full((400, 1000), 2.0, requires_grad=True)
+    layer = FastDropout(0.1)
+    y = layer(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.003  # 400,000 draws: 0.1 +- 5 standard deviations
+    assert abs(y.mean().item() - 2.0) < 0.01  # scaled by 1/(1-p): the expected value is the input's
+    values = torch.unique(y).tolist()
+    assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(2 * 32768 / (32768 - 3277))
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)  # the gradient flows exactly where the value did
+    second = layer(x.detach())
+    assert not torch.equal(second == 0, y == 0)  # a new mask per call
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    assert torch.equal(FastDropout(0.0)(x), x)
+
+
+def test_fast_dropout_masks_use_every_lane_of_the_random_words():
+    """Four elements share one 64-bit draw; each of the four positions must be dropped at rate p."""
+    from model import fast_dropout
+    torch.manual_seed(1)
+    y = fast_dropout(torch.ones(200_000, 4), 0.25, True)
+    rates = (y == 0).float().mean(0)
+    assert torch.all((rates - 0.25).abs() < 0.006), rates
+
+
+def test_fast_dropout_follows_the_seed():
+    from model import fast_dropout
+    x = torch.ones(64, 64)
+    torch.manual_seed(5)
+    a = fast_dropout(x, 0.1, True)
+    torch.manual_seed(5)
+    assert torch.equal(a, fast_dropout(x, 0.1, True))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_encoder_with_fast_dropout_computes_what_sdpa_does(tiny_bert, precision):
+    """Evaluation runs the same code; in training, with a drop rate that rounds to zero, the written-out
+    attention equals SDPA's on padded batches, forward and backward."""
+    from model import FAST_ATTENTION, load_pretrained_encoder, use_fast_dropout
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    plain, fast = load_pretrained_encoder(tiny_bert), use_fast_dropout(load_pretrained_encoder(tiny_bert))
+    assert fast.config._attn_implementation == FAST_ATTENTION
+    assert not any(type(m) is torch.nn.Dropout for m in fast.modules())
+    ids = torch.randint(1000, 5000, (3, 11))
+    mask = torch.ones(3, 11, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[2, 9:] = 0
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    for m in (plain, fast):
+        m.eval()
+    with torch.autocast("cpu", dtype=dtype, enabled=precision == "bf16"), torch.no_grad():
+        assert torch.equal(plain(input_ids=ids, attention_mask=mask).last_hidden_state,
+                           fast(input_ids=ids, attention_mask=mask).last_hidden_state)
+    layer = fast.encoder.layer[0].attention.self
+    layer.train()
+    q, k, v = (torch.randn(3, 2, 11, 16, requires_grad=True) for _ in range(3))
+    bool_mask = mask.bool()[:, None, None, :].expand(3, 1, 11, 11)
+    from model import sdpa_fast_dropout
+    got, _ = sdpa_fast_dropout(layer, q, k, v, bool_mask, scaling=0.25, dropout=1e-9)  # threshold 0: keep all
+    want, _ = sdpa_attention_forward(layer, q, k, v, bool_mask, scaling=0.25, dropout=0.0)
+    assert torch.allclose(got, want, atol=1e-5)
+    grads = torch.autograd.grad(got.sum(), (q, k, v))
+    for g, w in zip(grads, torch.autograd.grad(want.sum(), (q, k, v))):
+        assert torch.allclose(g, w, atol=1e-5)
+
+
+def test_attention_dropout_drops_weights_in_training(tiny_bert):
+    from model import load_pretrained_encoder, sdpa_fast_dropout, use_fast_dropout
+    fast = use_fast_dropout(load_pretrained_encoder(tiny_bert))
+    layer = fast.encoder.layer[0].attention.self
+    layer.train()
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 2, 50, 16), torch.randn(2, 2, 50, 16)
+    eye = torch.eye(50).expand(2, 2, 50, 50)  # v = identity: the output rows are the attention weights
+    weights, _ = sdpa_fast_dropout(layer, q, k, eye.contiguous(), None, dropout=0.2)
+    weights = weights.transpose(1, 2)  # back to (batch, heads, q, k)
+    assert abs((weights == 0).float().mean().item() - 0.2) < 0.02
+    assert abs(weights.sum(-1).mean().item() - 1.0) < 0.02  # rows of softmax, rescaled: 1 on average
+
+
+# ------------------------------------------------------------------------------------------------- allocator
+def test_freed_memory_stays_in_the_process_after_keep_freed_memory():
+    """A freed 200 MB tensor: glibc unmaps it by default (RSS falls back); after keep_freed_memory it is kept
+    for the next step's allocation of the same size (RSS stays), which is what spares the page faults."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    probe = ("import sys, torch, engine\n"
+             "def rss():\n"
+             "    return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
+             "if sys.argv[1] == 'keep': assert engine.keep_freed_memory()\n"
+             "x = torch.ones(50_000_000)\n"
+             "peak = rss()\n"
+             "del x\n"
+             "print(peak - rss())\n")
+    drops = {}
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", probe, mode], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr
+        drops[mode] = float(out.stdout.split()[-1])
+    assert drops["default"] > 150, drops  # unmapped at once
+    assert drops["keep"] < 20, drops  # kept
