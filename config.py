@@ -50,6 +50,12 @@ class Config:
     bert_finetuning: bool = opt(True, "True: fine-tune the encoder with the head; False: freeze it, train the head only")
     boost: bool = opt(False, "with --bert_finetuning False: encode each sentence once (cached in save_path) "
                       "and train the head on the stored vectors")
+    # Half of the embedded checkpoint's weights are its 30,522 x 384 word embeddings; their dense gradient, its
+    # clipping and their AdamW update took 10% of a CPU training step, for rows that one batch barely touches
+    # (README, Speed: the accuracy with and without).
+    freeze_word_embeddings: bool = opt(True, "with --bert_finetuning True: keep the word-embedding table as "
+                                       "pretrained (position embeddings, LayerNorm and every layer above still "
+                                       "train); False trains it too")
     max_length: int = opt(128, "longest input in tokens; longer sentences are truncated (padding is per batch)",
                           group="both")
     # optimisation

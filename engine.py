@@ -196,6 +196,24 @@ def model_inputs(batch: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- the loop
+def clip_gradients(model, optimizer, max_norm: float, scaler) -> None:
+    """clip_grad_norm_, in fewer passes over the gradients where the optimizer is fused AdamW.
+
+    The norm comes from one dot product per gradient (half the time of torch's norm kernels on CPU), and the
+    scaling is left to the fused AdamW kernel, which divides every gradient by `optimizer.grad_scale` as it reads
+    it (the hook GradScaler uses for fp16): a read and a write of every gradient saved. fp16's GradScaler needs
+    that hook itself, so there, and with other optimizers, torch's clip_grad_norm_ does it."""
+    if scaler.is_enabled() or not optimizer.defaults.get("fused"):
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return
+    grads = [p.grad.reshape(-1) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.stack([torch.dot(g, g) for g in grads]).sum().sqrt()
+    # 1 / clip_grad_norm_'s coefficient: gradients are divided by it, and never scaled up
+    optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+
+
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run: Run, accum: int,
                     max_grad_norm: float, log_every: int, desc: str, on_update=None) -> dict:
     """One pass over `loader`, cut short when `on_update` returns True; returns mean loss, samples, tokens, seconds."""
@@ -219,7 +237,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run: R
         if last_micro_step:
             if max_grad_norm > 0:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+                clip_gradients(model, optimizer, max_grad_norm, scaler)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()

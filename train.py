@@ -103,6 +103,8 @@ def build_model(cfg: Config, n_classes: int, run):
     model = BertClassifier(use_fast_dropout(encoder), n_classes, cfg.pooling, cfg.dropout_p)
     if not cfg.bert_finetuning:
         model.freeze_encoder()
+    elif cfg.freeze_word_embeddings and encoder.get_input_embeddings() is not None:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
     if cfg.pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
         encoder.pooler.requires_grad_(False)  # unused by this pooling: DDP would wait for its gradients forever
     return model.to(run.device), tokenizer, model_path

@@ -13,6 +13,7 @@ data/dev.csv. Contenders:
   ours_plain            the same without buckets (windows of one batch: plain shuffled batches)
   ours_wN               the same with buckets of N batches (--windows), to tune dataset.BUCKET_WINDOW_BATCHES
   ours_fp32             train.py with --precision fp32 (not in the default set)
+  ours_train_words      train.py with --freeze_word_embeddings False: the word-embedding table trains too
   trainer               transformers.Trainer, DataCollatorWithPadding, its defaults (fp32)
   trainer_bf16          the same with bf16=True
   trainer_bf16_grouped  bf16=True and train_sampling_strategy="group_by_length" (transformers 5's name)
@@ -41,7 +42,7 @@ from common import (ROOT, load_average, matmul_peak_gflops, print_table, read_co
                     set_threads,
                     write_slice)
 
-DEFAULT_VARIANTS = ("ours", "ours_plain", "trainer", "trainer_bf16", "trainer_bf16_grouped", "seed_fp32_pad128")
+DEFAULT_VARIANTS = ("ours", "ours_train_words", "ours_plain", "trainer", "trainer_bf16", "trainer_bf16_grouped", "seed_fp32_pad128")
 
 
 def parse_args(argv=None):
@@ -75,6 +76,8 @@ def run_ours(args, variant: str) -> dict:
             "--log_every", "1000"]
     if variant == "ours_fp32":
         argv += ["--precision", "fp32"]
+    if variant == "ours_train_words":
+        argv += ["--freeze_word_embeddings", "False"]
     import engine
     cpu = []
     epoch_fn = engine.train_one_epoch

@@ -312,3 +312,36 @@ def test_freed_memory_stays_in_the_process_after_keep_freed_memory():
         drops[mode] = float(out.stdout.split()[-1])
     assert drops["default"] > 150, drops  # unmapped at once
     assert drops["keep"] < 20, drops  # kept
+
+
+# ------------------------------------------------------------------------------------------------- clipping
+@pytest.mark.parametrize("max_norm", [0.05, 1e6])  # clipping every step / never
+def test_clipping_folded_into_fused_adamw_gives_the_weights_of_clip_grad_norm(tiny_bert, max_norm):
+    import copy
+    from engine import build_optimizer, clip_gradients
+    from model import BertClassifier, load_pretrained_encoder
+    torch.manual_seed(0)
+    ours = BertClassifier(load_pretrained_encoder(tiny_bert), 3, "cls", 0.0)
+    reference = copy.deepcopy(ours)
+    opt_ours = build_optimizer(ours, 1e-2, 1e-2, 0.01, torch.device("cpu"))
+    opt_ref = build_optimizer(reference, 1e-2, 1e-2, 0.01, torch.device("cpu"))
+    assert opt_ours.defaults.get("fused")  # else this test compares torch's clipping with itself
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    ids = torch.randint(1000, 5000, (6, 9))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    for _ in range(4):
+        for model, opt in ((ours, opt_ours), (reference, opt_ref)):
+            loss = torch.nn.functional.cross_entropy(model(ids, torch.ones_like(ids)), labels)
+            loss.backward()
+            if model is ours:
+                clip_gradients(model, opt, max_norm, scaler)
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        assert (float(norm) > max_norm) == (max_norm < 1)  # the case the parameter names
+    for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-6, msg=name)
+    start = BertClassifier(load_pretrained_encoder(tiny_bert), 3, "cls", 0.0)  # trained, so equality means something
+    assert (ours.encoder.encoder.layer[0].attention.self.query.weight
+            - start.encoder.encoder.layer[0].attention.self.query.weight).abs().max() > 1e-3

@@ -117,6 +117,20 @@ def test_frozen_encoder_keeps_its_weights_and_boost_caches_vectors(tiny_task, ti
     assert code == 0 and "from the cache" in out and "encoded 0" not in out
 
 
+@pytest.mark.parametrize("freeze", ["True", "False"])
+def test_word_embeddings_stay_pretrained_unless_asked_to_train(tiny_task, tiny_bert, freeze):
+    from safetensors.torch import load_file
+    code, out, err = call(train.main, tiny_task["args"] + ["--freeze_word_embeddings", freeze, "--n_epochs", "1"])
+    assert code == 0, err
+    saved = load_file(os.path.join(tiny_task["save"], "model.safetensors"))
+    original = load_file(os.path.join(tiny_bert, "model.safetensors"))
+    words = "embeddings.word_embeddings.weight"
+    assert torch.equal(saved["encoder." + words], original[words]) == (freeze == "True")
+    for trained_anyway in ("embeddings.position_embeddings.weight", "embeddings.LayerNorm.weight",
+                           "encoder.layer.0.attention.self.query.weight"):
+        assert (saved["encoder." + trained_anyway] - original[trained_anyway]).abs().max() > 1e-4, trained_anyway
+
+
 def test_boost_needs_a_frozen_encoder(tiny_task):
     code, out, err = call(train.main, tiny_task["args"] + ["--boost", "True"])
     assert code == 2 and "--boost True needs --bert_finetuning False" in err
