@@ -345,3 +345,22 @@ def test_clipping_folded_into_fused_adamw_gives_the_weights_of_clip_grad_norm(ti
     start = BertClassifier(load_pretrained_encoder(tiny_bert), 3, "cls", 0.0)  # trained, so equality means something
     assert (ours.encoder.encoder.layer[0].attention.self.query.weight
             - start.encoder.encoder.layer[0].attention.self.query.weight).abs().max() > 1e-3
+
+
+def test_self_attention_input_is_cast_once_under_autocast(tiny_bert):
+    """query, key and value get the bf16 input cast once by the block's pre-hook (under fp32 they get fp32)."""
+    from model import load_pretrained_encoder, use_fast_dropout
+    fast = use_fast_dropout(load_pretrained_encoder(tiny_bert))
+    seen = []
+    for layer in fast.encoder.layer:
+        for name in ("query", "key", "value"):
+            getattr(layer.attention.self, name).register_forward_hook(
+                lambda m, args, out: seen.append(args[0].dtype))
+    ids = torch.randint(1000, 5000, (2, 7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.float().sum().backward()
+    assert seen == [torch.bfloat16] * 6  # 2 layers x query, key, value
+    seen.clear()
+    fast(input_ids=ids, attention_mask=torch.ones_like(ids))
+    assert seen == [torch.float32] * 6
+    assert all(p.grad is not None for n, p in fast.named_parameters() if "query" in n or "key" in n)
