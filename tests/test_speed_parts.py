@@ -364,3 +364,15 @@ def test_self_attention_input_is_cast_once_under_autocast(tiny_bert):
     fast(input_ids=ids, attention_mask=torch.ones_like(ids))
     assert seen == [torch.float32] * 6
     assert all(p.grad is not None for n, p in fast.named_parameters() if "query" in n or "key" in n)
+
+
+def test_profile_script_runs_train_py_loop_and_prints_the_operator_table(tiny_bert):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, "bench/profile_train.py", "--rows", "64", "--steps", "2", "--threads", "1",
+                          "--", "--bert_name", tiny_bert, "--max_length", "32", "--precision", "fp32"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "precision fp32, 1 thread(s), 2 batches of 32:" in out.stdout and "samples/s" in out.stdout
+    assert "aten::mm" in out.stdout and "Self CPU time total" in out.stdout
