@@ -76,7 +76,7 @@ def cast_input_once(module: nn.Module, args: tuple, kwargs: dict):
     return None
 
 
-def use_fast_dropout(encoder: nn.Module) -> nn.Module:
+def fast_training_encoder(encoder: nn.Module) -> nn.Module:
     """Swap the encoder's dropout layers for FastDropout and, where it uses SDPA, its attention for
     sdpa_fast_dropout; self-attention blocks cast their input once (cast_input_once). Training only changes
     which random numbers are drawn and where bf16 rounding happens; evaluation runs the same kernels."""

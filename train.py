@@ -93,14 +93,15 @@ def main(argv=None) -> int:
 
 def build_model(cfg: Config, n_classes: int, run):
     """(classifier on run.device, tokenizer, resolved checkpoint path) from --bert_name."""
-    from model import BertClassifier, load_pretrained_encoder, load_tokenizer, max_supported_length, use_fast_dropout
+    from model import (BertClassifier, fast_training_encoder, load_pretrained_encoder, load_tokenizer,
+                       max_supported_length)
     model_path = resolve_model_path(cfg.bert_name)
     tokenizer = load_tokenizer(model_path)
     encoder = load_pretrained_encoder(model_path)
     limit = max_supported_length(encoder, tokenizer)
     if cfg.max_length > limit:
         raise InputError(f"--max_length {cfg.max_length}: {cfg.bert_name} supports at most {limit} tokens")
-    model = BertClassifier(use_fast_dropout(encoder), n_classes, cfg.pooling, cfg.dropout_p)
+    model = BertClassifier(fast_training_encoder(encoder), n_classes, cfg.pooling, cfg.dropout_p)
     if not cfg.bert_finetuning:
         model.freeze_encoder()
     elif cfg.freeze_word_embeddings and encoder.get_input_embeddings() is not None:

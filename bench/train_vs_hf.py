@@ -42,7 +42,8 @@ from common import (ROOT, load_average, matmul_peak_gflops, print_table, read_co
                     set_threads,
                     write_slice)
 
-DEFAULT_VARIANTS = ("ours", "ours_train_words", "ours_plain", "trainer", "trainer_bf16", "trainer_bf16_grouped", "seed_fp32_pad128")
+DEFAULT_VARIANTS = ("ours", "ours_train_words", "ours_plain", "trainer", "trainer_bf16", "trainer_bf16_grouped",
+                    "seed_fp32_pad128")
 
 
 def parse_args(argv=None):

@@ -247,9 +247,9 @@ def test_fast_dropout_follows_the_seed():
 def test_encoder_with_fast_dropout_computes_what_sdpa_does(tiny_bert, precision):
     """Evaluation runs the same code; in training, with a drop rate that rounds to zero, the written-out
     attention equals SDPA's on padded batches, forward and backward."""
-    from model import FAST_ATTENTION, load_pretrained_encoder, use_fast_dropout
+    from model import FAST_ATTENTION, fast_training_encoder, load_pretrained_encoder
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    plain, fast = load_pretrained_encoder(tiny_bert), use_fast_dropout(load_pretrained_encoder(tiny_bert))
+    plain, fast = load_pretrained_encoder(tiny_bert), fast_training_encoder(load_pretrained_encoder(tiny_bert))
     assert fast.config._attn_implementation == FAST_ATTENTION
     assert not any(type(m) is torch.nn.Dropout for m in fast.modules())
     ids = torch.randint(1000, 5000, (3, 11))
@@ -276,8 +276,8 @@ def test_encoder_with_fast_dropout_computes_what_sdpa_does(tiny_bert, precision)
 
 
 def test_attention_dropout_drops_weights_in_training(tiny_bert):
-    from model import load_pretrained_encoder, sdpa_fast_dropout, use_fast_dropout
-    fast = use_fast_dropout(load_pretrained_encoder(tiny_bert))
+    from model import fast_training_encoder, load_pretrained_encoder, sdpa_fast_dropout
+    fast = fast_training_encoder(load_pretrained_encoder(tiny_bert))
     layer = fast.encoder.layer[0].attention.self
     layer.train()
     torch.manual_seed(0)
@@ -349,8 +349,8 @@ def test_clipping_folded_into_fused_adamw_gives_the_weights_of_clip_grad_norm(ti
 
 def test_self_attention_input_is_cast_once_under_autocast(tiny_bert):
     """query, key and value get the bf16 input cast once by the block's pre-hook (under fp32 they get fp32)."""
-    from model import load_pretrained_encoder, use_fast_dropout
-    fast = use_fast_dropout(load_pretrained_encoder(tiny_bert))
+    from model import fast_training_encoder, load_pretrained_encoder
+    fast = fast_training_encoder(load_pretrained_encoder(tiny_bert))
     seen = []
     for layer in fast.encoder.layer:
         for name in ("query", "key", "value"):
