@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     import train
-    from dataset import BucketBatchSampler, Collator, load_label_map, load_labelled_csv
+    from dataset import BucketBatchSampler, Collator, class_counts, load_label_map, load_labelled_csv
     from engine import build_optimizer, build_scheduler, setup_run, train_one_epoch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     data = load_labelled_csv(os.path.join(root, "data", "train.csv"), cfg.text_col, cfg.label_col, names,
                              cfg.multi_label)
     data.texts, data.labels = data.texts[:args.rows], data.labels[:args.rows]
-    torch.manual_seed(cfg.seed)
+    train.seed_everything(cfg.seed)
     model, tokenizer, model_path = train.build_model(cfg, len(names), run)
     dataset = train.encode_rows(data, model, tokenizer, model_path, cfg, run)
     sampler = BucketBatchSampler(dataset.lengths(), cfg.batch_size, True, cfg.seed)
@@ -50,8 +50,9 @@ def main(argv=None) -> int:
     batches = list(loader)
     optimizer = build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device)
     scheduler = build_scheduler(optimizer, len(batches) // 10, 2 * len(batches) + args.steps)
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)  # train.py enables it for fp16, a CUDA-only precision
+    loss_fn = train.make_loss(cfg, class_counts(data.labels, len(names), cfg.multi_label), len(data.labels),
+                              run.device)
 
     def epoch(part, desc):
         return train_one_epoch(model, part, optimizer, scheduler, scaler, loss_fn, run, 1, cfg.max_grad_norm,
