@@ -3,6 +3,7 @@
     python bench/profile_train.py                       # 15 profiled steps, train.py's defaults, 2 threads
     python bench/profile_train.py --threads 1 --steps 30 -- --freeze_word_embeddings False   # flags after --
                                                                                              # go to train.py's Config
+    python bench/profile_train.py --shapes --top 40      # one row per operator and input shapes (which casts, which mm)
 
 The model, optimizer and batches are built by train.py's and engine.py's own functions from the first --rows rows
 of data/train.csv (Ekman, single-label, batch 32, length buckets), as train.py builds them. One epoch over those
@@ -23,6 +24,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=15, help="training steps under the profiler")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = PyTorch's default, one per core)")
     p.add_argument("--top", type=int, default=22, help="operators to list")
+    p.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     p.add_argument("train_flags", nargs="*", help="train.py flags (after --), e.g. --precision fp32")
     args = p.parse_args(argv)
 
@@ -62,9 +64,9 @@ def main(argv=None) -> int:
     stats = epoch(batches, "timed")
     print(f"precision {run.precision}, {torch.get_num_threads()} thread(s), {len(batches)} batches of "
           f"{cfg.batch_size}: {stats['samples'] / (time.perf_counter() - started):.1f} samples/s without the profiler")
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         epoch(batches[:args.steps], "profiled")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
+    print(prof.key_averages(group_by_input_shape=args.shapes).table(sort_by="self_cpu_time_total", row_limit=args.top))
     return 0
 
 

@@ -23,12 +23,15 @@ samples/CPU-s divides by the process's CPU time over the same span: on a machine
 changes less than wall-clock time does (with --threads 1; with more threads, waiting threads spin and count).
 samples/s counts training only (no loading, tokenising or evaluation): train.py's epoch timer, the time between
 Trainer's on_train_begin and on_train_end callbacks, the seed loop's own timer.
-MFU = achieved FLOP/s / the bf16 (or fp32) matmul peak measured by this script. Useful FLOPs of one epoch:
-    6 * P * T + 12 * L * H * sum(len^2)
-P = weights of the Linear layers (embeddings are look-ups, no FLOPs), T = real (non-padding) tokens,
-L = layers, H = hidden size, len = each sentence's token count: 2 FLOPs per multiply-add, backward = 2 x forward;
-the second term is the attention scores and their weighted sum (4 * len^2 * H per layer forward).
-Padding counts as waste, so a loop that pads to 128 gets no credit for it.
+MFU = achieved FLOP/s / the bf16 (or fp32) matmul peak measured by this script. Useful FLOPs of one epoch, summed
+over sentences of len real tokens (2 FLOPs per multiply-add, backward = 2 x forward, so 6 per weight and token):
+    6 * (P * len * (L - 1)  +  2 * H^2 * len  +  (P - 2 * H^2)  +  H^2)  +  12 * H * (len^2 * (L - 1) + len)
+P = weights of one layer's Linear maps (4 H^2 + 2 H I: query, key, value, output, two feed-forward matrices; the
+embeddings are look-ups), L = layers, H = hidden size, I = feed-forward size. The classifier reads only [CLS] of the
+last layer, so what that layer needs is the keys and values of every token (2 H^2 len) and the rest of the layer for
+one token (P - 2 H^2); H^2 is the pooler (Trainer's model uses it); the last term is the attention scores and their
+weighted sum (4 len^2 H per layer forward, 4 len H for the last layer's one query). Work beyond that counts as
+waste: padding, and a last layer computed for every token (Trainer and the seed loop do both; ours does neither).
 """
 import argparse
 import json
@@ -214,8 +217,9 @@ def epoch_flops(args, rows: int) -> float:
     lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(path)(
         read_column(train_csv(args), "sentences")[:rows], truncation=True, max_length=128)["input_ids"]]
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    linear_params = layers * (4 * h * h + 2 * h * inter) + h * h  # q, k, v, out, two FFN matrices; pooler
-    return 6 * linear_params * sum(lengths) + 12 * layers * h * sum(n * n for n in lengths)
+    per_layer, key_value = 4 * h * h + 2 * h * inter, 2 * h * h
+    return sum(6 * (per_layer * n * (layers - 1) + key_value * n + (per_layer - key_value) + h * h)
+               + 12 * h * (n * n * (layers - 1) + n) for n in lengths)
 
 
 def train_csv(args) -> str:

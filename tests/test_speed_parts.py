@@ -366,6 +366,64 @@ def test_self_attention_input_is_cast_once_under_autocast(tiny_bert):
     assert all(p.grad is not None for n, p in fast.named_parameters() if "query" in n or "key" in n)
 
 
+def small_encoder(layers: int, attention: str):
+    """A random BertModel of `layers` layers with no dropout, so training-mode outputs are deterministic."""
+    from transformers import BertConfig, BertModel
+    config = BertConfig(vocab_size=6000, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, attn_implementation=attention)
+    torch.manual_seed(0)
+    return BertModel(config)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "fast"])
+@pytest.mark.parametrize("pooling", ["cls", "pooler", "cls_last4"])
+def test_last_layer_computes_only_the_first_token_and_gives_the_full_layers_vectors_and_gradients(pooling, attention):
+    import copy
+    from model import BertClassifier, fast_training_encoder
+    encoder = small_encoder(4, "sdpa" if attention == "fast" else attention)
+    if attention == "fast":
+        encoder = fast_training_encoder(encoder)
+    full = copy.deepcopy(encoder)
+    model = BertClassifier(encoder, 3, pooling, 0.0)
+    ids = torch.randint(1000, 5000, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0
+    mask[2, 9:] = 0
+    assert model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.shape == (3, 1, 32)  # work skipped
+    assert full(input_ids=ids, attention_mask=mask).last_hidden_state.shape == (3, 11, 32)
+
+    def full_vector():
+        out = full(input_ids=ids, attention_mask=mask, output_hidden_states=pooling == "cls_last4")
+        if pooling == "cls_last4":
+            return torch.cat([h[:, 0] for h in out.hidden_states[-4:]], dim=-1)
+        return out.pooler_output if pooling == "pooler" else out.last_hidden_state[:, 0]
+    for train in (False, True):  # evaluation, and training mode (no dropout here) with gradients
+        model.train(train)
+        full.train(train)
+        direction = torch.randn(model.n_features)
+        ours, want = model.sentence_vector(ids, mask), full_vector()
+        torch.testing.assert_close(ours, want, atol=1e-5, rtol=0)
+        (ours @ direction).sum().backward()
+        (want @ direction).sum().backward()
+        for (name, a), b in zip(model.encoder.named_parameters(), full.parameters()):
+            if b.grad is None:
+                assert a.grad is None, name
+                continue
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
+            a.grad, b.grad = None, None
+    assert list(model.encoder.state_dict()) == list(full.state_dict())  # checkpoints keep their keys
+
+
+def test_mean_and_max_pooling_keep_every_token_of_the_last_layer():
+    from model import BertClassifier, first_token_only
+    for pooling in ("mean", "max"):
+        model = BertClassifier(small_encoder(2, "sdpa"), 3, pooling)
+        ids = torch.randint(1000, 5000, (2, 7))
+        assert model.encoder(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state.shape == (2, 7, 32)
+    assert not first_token_only(torch.nn.Linear(2, 2))  # not a BERT-style encoder: left alone
+
+
 def test_profile_script_runs_train_py_loop_and_prints_the_operator_table(tiny_bert):
     import subprocess
     import sys
