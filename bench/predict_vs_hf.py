@@ -5,7 +5,8 @@
 
 Both sides compute the same function of the same weights. The model must use --pooling pooler: then our
 BertClassifier (encoder, pooler, dropout, linear) is exactly BertForSequenceClassification, and the bench copies
-its weights into one (encoder.* -> bert.*, classifier.* as is) for the pipeline. Without --save_path the bench
+its weights into one (encoder.* -> bert.*, classifier.* divided by the calibration temperature T, since
+predict.py writes softmax(logits / T)) for the pipeline. Without --save_path the bench
 fine-tunes the embedded checkpoint for one epoch on --train_rows rows with --pooling pooler.
 Contenders, on the first --rows sentences of data/dev.csv written as one CSV file:
   ours        predict.py's predict_file (CSV read, tokenise, sort by length, pad per batch, write the CSV) with
@@ -66,8 +67,9 @@ def run_ours(args, variant: str) -> dict:
             "sentences_cpu_s": stats["rows"] / cpu_seconds, "precision": run.precision, "batch": batch}
 
 
-def hf_copy(model, names: list):
-    """BertForSequenceClassification holding our encoder, pooler and head weights (pooling must be pooler)."""
+def hf_copy(model, names: list, temperature: float):
+    """BertForSequenceClassification holding our encoder, pooler and head weights (pooling must be pooler), with
+    the head divided by the calibration temperature, so that its softmax is predict.py's softmax(logits / T)."""
     from transformers import BertForSequenceClassification
     config = model.encoder.config
     config.num_labels, config.id2label = len(names), dict(enumerate(names))
@@ -75,6 +77,7 @@ def hf_copy(model, names: list):
     hf = BertForSequenceClassification(config)
     state = {("bert." + k[len("encoder."):] if k.startswith("encoder.") else k): v
              for k, v in model.state_dict().items()}
+    state = {k: v / temperature if k.startswith("classifier.") else v for k, v in state.items()}
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all("position_ids" in m for m in missing), (missing, unexpected)
     return hf.eval()
@@ -87,10 +90,11 @@ def run_pipeline(args, variant: str) -> dict:
 
     from checkpoint import load_model
     from common import read_column
-    model, tokenizer, cfg, names, _ = load_model(args.model, torch.device("cpu"))
+    model, tokenizer, cfg, names, extra = load_model(args.model, torch.device("cpu"))
     assert cfg.pooling == "pooler", f"{args.model}: trained with --pooling {cfg.pooling}; the bench needs pooler"
-    pipe = pipeline("text-classification", model=hf_copy(model, names), tokenizer=tokenizer, device="cpu",
-                    batch_size=32, top_k=None, truncation=True, max_length=cfg.max_length)
+    hf = hf_copy(model, names, extra.get("temperature", 1.0))
+    pipe = pipeline("text-classification", model=hf, tokenizer=tokenizer, device="cpu", batch_size=32,
+                    top_k=None, truncation=True, max_length=cfg.max_length)
     texts = read_column(os.path.join(args.workdir, "inputs", "dev.csv"), "sentences")
     started, cpu_started = time.perf_counter(), time.process_time()
     outputs = pipe(texts)

@@ -434,3 +434,24 @@ def test_profile_script_runs_train_py_loop_and_prints_the_operator_table(tiny_be
     assert out.returncode == 0, out.stderr[-2000:]
     assert "precision fp32, 1 thread(s), 2 batches of 32:" in out.stdout and "samples/s" in out.stdout
     assert "aten::mm" in out.stdout and "Self CPU time total" in out.stdout
+
+
+def test_predict_bench_reference_computes_predict_pys_calibrated_probabilities(tiny_bert):
+    import sys
+    from transformers import AutoModel
+    from calibrate import probabilities
+    from conftest import ROOT
+    from model import BertClassifier
+    sys.path.insert(0, f"{ROOT}/bench")
+    from predict_vs_hf import hf_copy
+    torch.manual_seed(0)
+    model = BertClassifier(AutoModel.from_pretrained(tiny_bert), 3, "pooler").eval()
+    ids = torch.randint(1000, 5000, (4, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.inference_mode():
+        logits = model(input_ids=ids, attention_mask=mask).numpy()
+        for temperature in (1.0, 0.5):  # predict.py writes softmax(logits / T), T from calibration.json
+            reference = hf_copy(model, ["a", "b", "c"], temperature)(input_ids=ids, attention_mask=mask).logits
+            np.testing.assert_allclose(torch.softmax(reference.double(), -1).numpy(),
+                                       probabilities(logits, False, temperature), atol=1e-5)
