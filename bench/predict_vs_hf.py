@@ -75,9 +75,8 @@ def hf_copy(model, names: list, temperature: float):
     config.num_labels, config.id2label = len(names), dict(enumerate(names))
     config.label2id = {n: i for i, n in enumerate(names)}
     hf = BertForSequenceClassification(config)
-    state = {("bert." + k[len("encoder."):] if k.startswith("encoder.") else k): v
-             for k, v in model.state_dict().items()}
-    state = {k: v / temperature if k.startswith("classifier.") else v for k, v in state.items()}
+    state = dict(("bert." + k[len("encoder."):], v) if k.startswith("encoder.") else (k, v / temperature)  # head
+                 for k, v in model.state_dict().items())
     missing, unexpected = hf.load_state_dict(state, strict=False)
     assert not unexpected and all("position_ids" in m for m in missing), (missing, unexpected)
     return hf.eval()

@@ -19,6 +19,15 @@ WORDS = {"anger": ["furious", "rage", "hate", "angry"], "joy": ["happy", "great"
          "sadness": ["sad", "cry", "lonely", "miss"]}
 
 
+def load_bench(name: str):
+    """The module bench/<name>.py, imported from its file (bench/ is scripts, not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A local folder holding a 2-layer, hidden-32 BertModel with random weights and the real uncased vocab."""

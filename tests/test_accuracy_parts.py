@@ -276,11 +276,8 @@ def test_multi_label_validation_split_keeps_every_class_and_is_seeded():
 
 
 def test_bench_converts_goemotions_tsv_to_the_csv_train_py_reads(tmp_path):
-    import importlib.util
-    from conftest import ROOT
-    spec = importlib.util.spec_from_file_location("bench_accuracy", os.path.join(ROOT, "bench", "accuracy.py"))
-    accuracy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(accuracy)
+    from conftest import load_bench
+    accuracy = load_bench("accuracy")
     from dataset import load_labelled_csv
     tsv = tmp_path / "train.tsv"
     # GoEmotions quotes nothing: a text may start with a quote character and hold commas

@@ -437,13 +437,11 @@ def test_profile_script_runs_train_py_loop_and_prints_the_operator_table(tiny_be
 
 
 def test_predict_bench_reference_computes_predict_pys_calibrated_probabilities(tiny_bert):
-    import sys
     from transformers import AutoModel
     from calibrate import probabilities
-    from conftest import ROOT
+    from conftest import load_bench
     from model import BertClassifier
-    sys.path.insert(0, f"{ROOT}/bench")
-    from predict_vs_hf import hf_copy
+    hf_copy = load_bench("predict_vs_hf").hf_copy
     torch.manual_seed(0)
     model = BertClassifier(AutoModel.from_pretrained(tiny_bert), 3, "pooler").eval()
     ids = torch.randint(1000, 5000, (4, 9))
