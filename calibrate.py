@@ -22,10 +22,15 @@ def target_matrix(labels: list, n_classes: int) -> np.ndarray:
     return y
 
 
-def probabilities(logits: np.ndarray, multi_label: bool, temperature: float = 1.0) -> np.ndarray:
-    """Softmax (single-label) or sigmoid (multi-label) of logits / temperature, as float64."""
-    scaled = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
-    return (torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=-1)).numpy()
+def probabilities(logits, multi_label: bool, temperature: float = 1.0):
+    """Softmax (single-label) or sigmoid (multi-label) of logits / temperature: a numpy array in float64, or a
+    tensor in float32 on its own device (training's metrics and predict.py's batches)."""
+    if isinstance(logits, torch.Tensor):
+        scaled = logits.float() / temperature
+    else:
+        scaled = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / temperature
+    out = torch.sigmoid(scaled) if multi_label else torch.softmax(scaled, dim=-1)
+    return out if isinstance(logits, torch.Tensor) else out.numpy()
 
 
 def nll(logits: np.ndarray, y: np.ndarray, multi_label: bool, temperature: float = 1.0) -> float:

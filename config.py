@@ -17,7 +17,7 @@ POOLINGS = ("cls", "pooler", "mean", "max", "cls_last4")
 METRICS = ("macro_f1", "accuracy", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # predict.py's --batch_size default. Its batches are sorted by length, so a larger batch adds little padding;
-# on the 2-core CPU this was measured with bench/predict_vs_hf.py --batch_sizes (README, Speed).
+# on the 2-core CPU this was measured with bench/predict_vs_hf.py --batch_sizes (bench/README.md).
 PREDICT_BATCH_SIZE = 64
 
 
@@ -52,7 +52,7 @@ class Config:
                       "and train the head on the stored vectors")
     # Half of the embedded checkpoint's weights are its 30,522 x 384 word embeddings; their dense gradient, its
     # clipping and their AdamW update took 10% of a CPU training step, for rows that one batch barely touches
-    # (README, Speed: the accuracy with and without).
+    # (bench/README.md: the accuracy with and without).
     freeze_word_embeddings: bool = opt(True, "with --bert_finetuning True: keep the word-embedding table as "
                                        "pretrained (position embeddings, LayerNorm and every layer above still "
                                        "train); False trains it too")
@@ -65,7 +65,7 @@ class Config:
                           group="both")
     gradient_accumulation_steps: int = opt(1, "steps whose gradients are summed before one optimizer update")
     lr: float = opt(1e-3, "learning rate of the classifier head")
-    # 2e-4 beat 1e-4 for the embedded 6-layer checkpoint on GoEmotions (README, Accuracy); a small encoder
+    # 2e-4 beat 1e-4 for the embedded 6-layer checkpoint on GoEmotions (bench/README.md); a small encoder
     # takes a larger step than the 2e-5..5e-5 usual for BERT-base
     lr_main: float = opt(2e-4, "learning rate of the encoder when it is fine-tuned")
     weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and LayerNorm)")
@@ -141,11 +141,6 @@ def config_from_args(args: argparse.Namespace, base: Config = None) -> Config:
     for name, value in vars(args).items():
         setattr(cfg, name, value)
     return cfg
-
-
-def save_config(cfg: Config, path: str) -> None:
-    from checkpoint import write_atomic  # local import: checkpoint imports torch, config must stay light
-    write_atomic(path, (json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n").encode())
 
 
 def load_config(path: str) -> Config:

@@ -418,6 +418,18 @@ class SplitBatchSampler(torch.utils.data.Sampler):
 
 
 # ------------------------------------------------------------------------------------------- prediction input
+def has_column(path: str, column: str) -> bool:
+    """Whether a CSV's header names `column` (False for .txt files and unreadable headers)."""
+    if not path.lower().endswith(".csv"):
+        return False
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return column in [h.strip() for h in header]
+
+
 def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list = None):
     """Stream (row_numbers, texts) chunks of a .csv (column text_col) or .txt (one sentence a line) file.
 

@@ -23,8 +23,11 @@ import time
 import numpy as np
 import torch
 
+from calibrate import decide, probabilities
+from checkpoint import atomic_path, load_model, sha256_file, write_json
 from config import PREDICT_BATCH_SIZE, Config, InputError, build_parser, run_cli
-from report import has_column
+from dataset import Collator, has_column, iter_predict_file, load_label_map, load_labelled_csv, tokenize
+from runtime import cleanup_run, launch_local_workers, local_worker_count, setup_run
 
 CHUNK_ROWS = 8192  # rows read, sorted by length and predicted at a time: bounds memory on huge files
 RUNTIME_FIELDS = ("input_dir", "dict_path", "parallel", "save_path", "out_dir", "device", "precision",
@@ -48,8 +51,6 @@ def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_
     """(len(texts), n_classes) probabilities in input order; batches are sorted by length and padded per batch.
 
     `stats["tokens"]`, when given, is increased by the number of tokens read (for the tokens/s report)."""
-    from dataset import Collator, tokenize
-    from engine import probabilities
     ids = tokenize(tokenizer, texts, max_length)
     if stats is not None:
         stats["tokens"] = stats.get("tokens", 0) + sum(len(x) for x in ids)
@@ -102,9 +103,6 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
                  keep_probs: list = None) -> dict:
     """Stream `path` through the model into `out_path` (written to a temporary file, then renamed);
     `keep_probs` collects the probability chunks for --report."""
-    from calibrate import decide
-    from checkpoint import atomic_path
-    from dataset import iter_predict_file
     thresholds = extra.get("thresholds")
     temperature = extra.get("temperature", 1.0)
     n_rows, counts = 0, {"tokens": 0}
@@ -146,12 +144,7 @@ def file_report(path: str, folder: str, probs: np.ndarray, labels: list, cfg: Co
 def main(argv=None) -> int:
     args = parse_args(argv)
     given = vars(args)
-    defaults = Config()
-    runtime = {k: given.get(k, getattr(defaults, k)) for k in RUNTIME_FIELDS}
-
-    from checkpoint import load_model, sha256_file, write_json
-    from dataset import load_label_map, load_labelled_csv
-    from engine import cleanup_run, launch_local_workers, local_worker_count, setup_run
+    runtime = {k: given.get(k, getattr(Config(), k)) for k in RUNTIME_FIELDS}
     if workers := local_worker_count(runtime["parallel"], runtime["device"]):
         return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
     if not os.path.isdir(runtime["input_dir"]):
@@ -162,80 +155,115 @@ def main(argv=None) -> int:
         run.print(f"-p True: {torch.cuda.device_count()} GPU(s) on this machine, predicting in one process "
                   f"on {run.device}")
     model, tokenizer, cfg, names, extra = load_model(runtime["save_path"], run.device)
+    check_label_map(names_given, names, runtime)
+    for key, value in {**given, **runtime}.items():  # runtime settings and explicit overrides of the training config
+        setattr(cfg, key, value)
+    check_prediction_options(cfg, model, tokenizer)
+    files = input_files(cfg.input_dir)
+    if run.is_main:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+    state = DoneFiles(cfg)
+    failed, totals = [], {"rows": 0, "tokens": 0, "seconds": 0.0}
+    for name, out_name in output_names(files).items():
+        src, dst = os.path.join(cfg.input_dir, name), os.path.join(cfg.out_dir, out_name)
+        if not cfg.overwrite and state.up_to_date(name, src, dst):
+            run.print(f"{name}: up to date in {dst} (use --overwrite to predict it again)")
+            continue
+        try:
+            stats = predict_one_input(src, dst, out_name, model, tokenizer, cfg, names, run, extra)
+        except InputError as e:
+            if run.is_main:
+                print(f"error: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        for key in totals:
+            totals[key] += stats[key]
+        state.mark_done(name, src, out_name, run)
+    print_totals(totals, cfg, run)
+    cleanup_run()
+    if failed and run.is_main:
+        print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def check_label_map(names_given: list, names: list, runtime: dict) -> None:
+    """-d must be the label map the model was trained with (the model folder keeps its own copy)."""
     if names_given != names:
         saved = os.path.join(runtime["save_path"], "classes.json")
         raise InputError(f"{runtime['dict_path']}: this label map differs from the one the model was trained with "
                          f"({saved}): {dict(enumerate(names_given))} vs {dict(enumerate(names))}")
-    for key, value in given.items():  # runtime settings and explicit overrides of the training config
-        setattr(cfg, key, value)
-    for key, value in runtime.items():
-        setattr(cfg, key, value)
-    from model import max_supported_length
+
+
+def check_prediction_options(cfg: Config, model, tokenizer) -> None:
+    from model import max_supported_length  # transformers takes seconds to import: --help answers without it
     limit = max_supported_length(model.encoder, tokenizer)
     if cfg.max_length > limit:
         raise InputError(f"--max_length {cfg.max_length}: this model supports at most {limit} tokens")
     if cfg.batch_size < 1:
         raise InputError("--batch_size must be at least 1")
 
-    files = sorted(n for n in os.listdir(cfg.input_dir)
-                   if n.lower().endswith((".csv", ".txt")) and os.path.isfile(os.path.join(cfg.input_dir, n)))
-    if not files:
-        raise InputError(f"{cfg.input_dir}: no .csv or .txt files to predict")
-    if run.is_main:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-    state_path = os.path.join(cfg.out_dir, STATE_FILE)
-    state = {}
-    if os.path.exists(state_path):
-        try:
-            with open(state_path, encoding="utf-8") as f:
-                state = json.load(f)
-        except (OSError, ValueError):
-            state = {}
-    model_id = sha256_file(os.path.join(cfg.save_path, "manifest.json"))
-    settings = {"model": model_id, "max_length": cfg.max_length, "text_col": cfg.text_col,
-                "allow_empty": cfg.allow_empty, "report": cfg.report}
 
-    failed, total_rows, total_tokens, total_s = [], 0, 0, 0.0
-    for name, out_name in output_names(files).items():
-        src, dst = os.path.join(cfg.input_dir, name), os.path.join(cfg.out_dir, out_name)
-        done = state.get(name)
-        if (not cfg.overwrite and done and done.get("input") == file_signature(src) and
-                done.get("settings") == settings and os.path.exists(dst)):
-            run.print(f"{name}: up to date in {dst} (use --overwrite to predict it again)")
-            continue
-        labelled = cfg.report and has_column(src, cfg.label_col)
-        probs = [] if labelled else None
-        try:
-            # labels are checked before predicting, so a bad label costs no model time
-            truth = load_labelled_csv(src, cfg.text_col, cfg.label_col, names, cfg.multi_label) if labelled else None
-            stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra, probs)
-            if labelled:
-                folder = os.path.join(cfg.out_dir, f"report_{os.path.splitext(out_name)[0]}")
-                file_report(src, folder, np.concatenate(probs), truth.labels, cfg, names, extra)
-        except InputError as e:
-            if run.is_main:
-                print(f"error: {e}", file=sys.stderr)
-            failed.append(name)
-            continue
-        total_rows += stats["rows"]
-        total_tokens += stats["tokens"]
-        total_s += stats["seconds"]
-        run.print(f"{name}: {stats['rows']} rows -> {dst} ({stats['rows'] / stats['seconds']:.1f} sentences/s)")
-        if cfg.report and not labelled:
-            run.print(f"{name}: no '{cfg.label_col}' column, no report")
-        state[name] = {"input": file_signature(src), "settings": settings, "output": out_name}
+def input_files(folder: str) -> list:
+    """The .csv and .txt files of `folder`, sorted by name."""
+    files = sorted(n for n in os.listdir(folder)
+                   if n.lower().endswith((".csv", ".txt")) and os.path.isfile(os.path.join(folder, n)))
+    if not files:
+        raise InputError(f"{folder}: no .csv or .txt files to predict")
+    return files
+
+
+class DoneFiles:
+    """out_dir/predict_state.json: which inputs were predicted, from which version of the file, by which model and
+    settings; a file whose entry still matches is skipped (unless --overwrite)."""
+
+    def __init__(self, cfg: Config):
+        self.path = os.path.join(cfg.out_dir, STATE_FILE)
+        self.done = {}
+        if os.path.exists(self.path):
+            try:
+                with open(self.path, encoding="utf-8") as f:
+                    self.done = json.load(f)
+            except (OSError, ValueError):
+                self.done = {}
+        self.settings = {"model": sha256_file(os.path.join(cfg.save_path, "manifest.json")),
+                         "max_length": cfg.max_length, "text_col": cfg.text_col, "allow_empty": cfg.allow_empty,
+                         "report": cfg.report}
+
+    def up_to_date(self, name: str, src: str, dst: str) -> bool:
+        entry = self.done.get(name)
+        return bool(entry) and entry.get("input") == file_signature(src) and \
+            entry.get("settings") == self.settings and os.path.exists(dst)
+
+    def mark_done(self, name: str, src: str, out_name: str, run) -> None:
+        self.done[name] = {"input": file_signature(src), "settings": self.settings, "output": out_name}
         if run.is_main:
-            write_json(state_path, state)
-    if total_rows:
-        run.print(f"predicted {total_rows} sentences in {total_s:.1f}s: {total_rows / total_s:.1f} sentences/s, "
-                  f"{total_tokens / total_s:.0f} tokens/s (device {run.device} x{run.world_size}, "
+            write_json(self.path, self.done)
+
+
+def predict_one_input(src: str, dst: str, out_name: str, model, tokenizer, cfg: Config, names: list, run,
+                      extra: dict) -> dict:
+    """Predict `src` into `dst`; with --report and a label column, also out_dir/report_<stem>/."""
+    labelled = cfg.report and has_column(src, cfg.label_col)
+    probs = [] if labelled else None
+    # labels are checked before predicting, so a bad label costs no model time
+    truth = load_labelled_csv(src, cfg.text_col, cfg.label_col, names, cfg.multi_label) if labelled else None
+    stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra, probs)
+    if labelled:
+        folder = os.path.join(cfg.out_dir, f"report_{os.path.splitext(out_name)[0]}")
+        file_report(src, folder, np.concatenate(probs), truth.labels, cfg, names, extra)
+    name = os.path.basename(src)
+    run.print(f"{name}: {stats['rows']} rows -> {dst} ({stats['rows'] / stats['seconds']:.1f} sentences/s)")
+    if cfg.report and not labelled:
+        run.print(f"{name}: no '{cfg.label_col}' column, no report")
+    return stats
+
+
+def print_totals(totals: dict, cfg: Config, run) -> None:
+    if totals["rows"]:
+        run.print(f"predicted {totals['rows']} sentences in {totals['seconds']:.1f}s: "
+                  f"{totals['rows'] / totals['seconds']:.1f} sentences/s, "
+                  f"{totals['tokens'] / totals['seconds']:.0f} tokens/s (device {run.device} x{run.world_size}, "
                   f"precision {run.precision}, batch {cfg.batch_size})")
-    cleanup_run()
-    if failed:
-        if run.is_main:
-            print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,13 +11,13 @@ train.py writes it into save_path/report/ for the best epoch; predict.py --repor
 Plots use matplotlib's Agg backend: no display is needed. No file here is a .csv, so an out_dir of
 predictions holds predictions CSVs only.
 """
-import csv
 import json
 import os
 
 import numpy as np
 
 import calibrate
+from metrics import confusion, evaluate_predictions
 
 CONFUSION_NAME_LIMIT = 40  # beyond this many classes the matrix is drawn without per-cell numbers
 
@@ -34,43 +34,6 @@ def _save_png(fig, path: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
-
-
-def has_column(path: str, column: str) -> bool:
-    """Whether a CSV's header names `column` (False for .txt files and unreadable headers)."""
-    if not path.lower().endswith(".csv"):
-        return False
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False
-    return column in [h.strip() for h in header]
-
-
-# ------------------------------------------------------------------------------------------------- numbers
-def evaluate_predictions(probs: np.ndarray, labels: list, names: list, multi_label: bool, thresholds=None,
-                         allow_empty: bool = False) -> dict:
-    """Decisions as predict.py makes them, and sklearn's metrics of them: the core of every report."""
-    from sklearn.metrics import accuracy_score, classification_report, f1_score
-    n = len(names)
-    y = calibrate.target_matrix(labels, n) if multi_label else np.asarray(labels)
-    pred = calibrate.decide(probs, multi_label, thresholds, allow_empty)
-    common = {"labels": list(range(n)), "zero_division": 0}
-    return {"y": y, "pred": pred,
-            "text": classification_report(y, pred, target_names=names, digits=4, **common),
-            "per_class": classification_report(y, pred, target_names=names, output_dict=True, **common),
-            "accuracy": float(accuracy_score(y, pred)),
-            "macro_f1": float(f1_score(y, pred, average="macro", **common)),
-            "ece": calibrate.expected_calibration_error(probs, y, multi_label)[0]}
-
-
-def confusion(y: np.ndarray, pred: np.ndarray, n_classes: int, multi_label: bool) -> np.ndarray:
-    """(classes, classes) counts: [i, j] = rows of true class i given class j (multi-label: co-occurrence)."""
-    if not multi_label:
-        from sklearn.metrics import confusion_matrix
-        return confusion_matrix(y, pred, labels=list(range(n_classes)))
-    return y.T.astype(int) @ pred.astype(int)
 
 
 # --------------------------------------------------------------------------------------------------- plots

@@ -16,11 +16,23 @@ import os
 import random
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+import engine
 from config import Config, InputError, build_parser, config_from_args, resolve_model_path, run_cli
+from checkpoint import save_model, write_json
+from dataset import (BucketBatchSampler, Collator, EncodedDataset, LabelledData, SplitBatchSampler,
+                     check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_csv,
+                     stratified_split, tokenize)
+from losses import make_loss
+from metrics import compute_metrics, is_better
+from resume import PREEMPTED_EXIT, Progress, StopRequest, save_resumable, start_or_resume
+from runtime import Run, cleanup_run, launch_local_workers, local_worker_count, setup_run, unwrap
+
+OOM_ERRORS = (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (torch.cuda.OutOfMemoryError,)
 
 
 def parse_config(argv=None) -> Config:
@@ -48,8 +60,6 @@ def check_options(cfg: Config) -> None:
 
 def load_data(cfg: Config):
     """(names, train LabelledData, valid LabelledData), all files checked before anything heavy starts."""
-    from dataset import (LabelledData, check_training_data, check_validation_data, load_label_map,
-                         load_labelled_csv, stratified_split)
     names = load_label_map(cfg.dict_path)
     loaded, problems = {}, []
     for path in filter(None, (cfg.train_path, cfg.valid_path)):  # both files checked before either is reported
@@ -82,19 +92,65 @@ def seed_everything(seed: int) -> None:
 def main(argv=None) -> int:
     cfg = parse_config(argv)
     check_options(cfg)
-    from engine import launch_local_workers, local_worker_count
     if workers := local_worker_count(cfg.parallel and cfg.parallel_mode == "ddp", cfg.device):
         load_data(cfg)  # bad files are reported once, here, not once per worker
         return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
-    from resume import StopRequest
     with StopRequest().installed() as stop:
         return train(cfg, stop)
 
 
+def train(cfg: Config, stop: StopRequest) -> int:
+    """Train one process (one rank of several under DDP); PREEMPTED_EXIT if stopped by a signal."""
+    names, train_data, valid_data = load_data(cfg)
+    run = start_run(cfg)
+    seed_everything(cfg.seed)
+    model, tokenizer, model_path = build_model(cfg, len(names), run)
+    started = time.perf_counter()
+    train_set, valid_set = (encode_rows(d, model, tokenizer, model_path, cfg, run) for d in (train_data, valid_data))
+    encode_s = time.perf_counter() - started
+    loss_fn = make_loss(cfg, class_counts(train_data.labels, len(names), cfg.multi_label), len(train_data.labels),
+                        run.device)
+    training = Training.build(cfg, run, wrap_for_parallel(model, cfg, run), loss_fn, train_set,
+                              Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label), stop)
+    valid_loader = training.loader(BucketBatchSampler(valid_set.lengths(), cfg.batch_size * 4, False, 0,
+                                                      run.world_size, run.rank), valid_set)
+    print_startup(cfg, run, training, model_path, train_data, valid_data, names, encode_s)
+    progress = training.progress = start_or_resume(cfg, run, model, training.optimizer, training.scheduler,
+                                                   training.scaler)
+    for epoch in range(progress.epoch, cfg.n_epochs + 1):
+        if cfg.early_stop > 0 and progress.stale >= cfg.early_stop:
+            run.print(f"early stop: {progress.stale} epoch(s) without a better valid {cfg.metric}")
+            break
+        stats = training.train_epoch(epoch)
+        if stop.stopping:
+            return stopped(run, f"stopped after update {progress.updates}, resumable checkpoint in "
+                                f"{cfg.save_path}/resume")
+        logits = engine.evaluate(training.model, valid_loader, run, len(valid_set))
+        record = score_epoch(training, epoch, stats, logits, valid_data.labels, len(names))
+        improved = keep_if_best(training, record, logits)
+        print_epoch(run, record, improved)
+        if improved and run.is_main:
+            save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
+        training.end_epoch(epoch)
+        if stop.stopping:
+            return stopped(run, f"stopped after epoch {epoch}")
+    finish(cfg, run, progress, valid_data.labels, names)
+    return 0
+
+
+def start_run(cfg: Config) -> Run:
+    """This process's device, precision and rank (runtime.setup_run), and a word when -p True finds one GPU."""
+    run = setup_run(cfg.device, cfg.precision)
+    if cfg.parallel and run.world_size == 1:
+        gpus = torch.cuda.device_count()
+        run.print(f"-p True: {gpus} GPU(s) on this machine, training in one process on {run.device}")
+    return run
+
+
 def build_model(cfg: Config, n_classes: int, run):
     """(classifier on run.device, tokenizer, resolved checkpoint path) from --bert_name."""
-    from model import (BertClassifier, fast_training_encoder, load_pretrained_encoder, load_tokenizer,
-                       max_supported_length)
+    from fast_encoder import fast_training_encoder  # transformers takes seconds to import: only once data is good
+    from model import BertClassifier, load_pretrained_encoder, load_tokenizer, max_supported_length
     model_path = resolve_model_path(cfg.bert_name)
     tokenizer = load_tokenizer(model_path)
     encoder = load_pretrained_encoder(model_path)
@@ -113,186 +169,192 @@ def build_model(cfg: Config, n_classes: int, run):
 
 def encode_rows(data, model, tokenizer, model_path: str, cfg: Config, run):
     """Token ids of every row, tokenised once; with --boost, the frozen encoder's cached sentence vectors."""
-    from dataset import EncodedDataset, tokenize
     ids = tokenize(tokenizer, data.texts, cfg.max_length)
     if not cfg.boost:
         return EncodedDataset(ids, data.labels)
-    from engine import cached_sentence_vectors
+    from boost_cache import cached_sentence_vectors
     return EncodedDataset(labels=data.labels,
                           features=cached_sentence_vectors(model, tokenizer, data.texts, ids, cfg, model_path, run))
 
 
-def train(cfg: Config, stop) -> int:
-    """Train one process (one rank of several under DDP); PREEMPTED_EXIT if stopped by a signal."""
-    names, train_data, valid_data = load_data(cfg)
-
-    from checkpoint import save_model, write_json
-    from dataset import BucketBatchSampler, Collator, class_counts
-    from engine import (build_optimizer, build_scheduler, cleanup_run, compute_metrics, evaluate, is_better,
-                        setup_run, train_one_epoch, unwrap)
-    from resume import PREEMPTED_EXIT, save_resumable, start_or_resume
-
-    run = setup_run(cfg.device, cfg.precision)
-    if cfg.parallel and run.world_size == 1:
-        gpus = torch.cuda.device_count()
-        run.print(f"-p True: {gpus} GPU(s) on this machine, training in one process on {run.device}")
-    seed_everything(cfg.seed)
-    model, tokenizer, model_path = build_model(cfg, len(names), run)
-    started = time.perf_counter()
-    train_set, valid_set = (encode_rows(d, model, tokenizer, model_path, cfg, run) for d in (train_data, valid_data))
-    tokenize_s = time.perf_counter() - started
-    collate = Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label)
-    train_sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank)
-    valid_sampler = BucketBatchSampler(valid_set.lengths(), cfg.batch_size * 4, False, 0, run.world_size, run.rank)
-    # a generator of their own keeps the loaders from drawing on the global RNG, which dropout uses: resumable
-    loader_kw = dict(collate_fn=collate, num_workers=cfg.num_workers, pin_memory=run.device.type == "cuda",
-                     generator=torch.Generator().manual_seed(cfg.seed))
-    valid_loader = torch.utils.data.DataLoader(valid_set, batch_sampler=valid_sampler, **loader_kw)
-
+def wrap_for_parallel(model: torch.nn.Module, cfg: Config, run: Run) -> torch.nn.Module:
+    """DDP under several processes, nn.DataParallel with -p True --parallel_mode dp on several GPUs, else as is."""
     if run.world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
+        return torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    elif cfg.parallel and cfg.parallel_mode == "dp" and torch.cuda.device_count() > 1:
-        model = torch.nn.DataParallel(model)
-    optimizer = build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device)
-    updates_per_epoch = -(-len(train_sampler) // cfg.gradient_accumulation_steps)
-    total_updates = updates_per_epoch * cfg.n_epochs
-    scheduler = build_scheduler(optimizer, int(cfg.warmup_ratio * total_updates), total_updates)
-    scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
-    counts = class_counts(train_data.labels, len(names), cfg.multi_label)
-    loss_fn = make_loss(cfg, counts, len(train_data.labels), run.device)
+    if cfg.parallel and cfg.parallel_mode == "dp" and torch.cuda.device_count() > 1:
+        return torch.nn.DataParallel(model)
+    return model
 
-    n_params = sum(p.numel() for p in unwrap(model).parameters() if p.requires_grad)
+
+@dataclass
+class Training:
+    """What the epochs of one run share: the model with its optimizer, scheduler and gradient scaler, where training
+    stands, and the plumbing around the loop (resumable saves, stop signals, a smaller batch on out-of-memory)."""
+    cfg: Config
+    run: Run
+    model: torch.nn.Module  # wrapped for DDP or DataParallel where asked; unwrap(model) is what is saved
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+    train_set: EncodedDataset
+    sampler: BucketBatchSampler
+    collate: Collator
+    stop: StopRequest
+    progress: Progress = None
+    parts: int = 1  # micro-batches per batch; doubled each time a step runs out of memory
+    split: SplitBatchSampler = None  # this epoch's batches, cut into `parts`
+
+    @classmethod
+    def build(cls, cfg, run, model, loss_fn, train_set, collate, stop) -> "Training":
+        """AdamW, linear warm-up and decay over every update of the run, and fp16's gradient scaler."""
+        sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank)
+        optimizer = engine.build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device)
+        total = -(-len(sampler) // cfg.gradient_accumulation_steps) * cfg.n_epochs
+        scheduler = engine.build_scheduler(optimizer, int(cfg.warmup_ratio * total), total)
+        scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
+        return cls(cfg, run, model, optimizer, scheduler, scaler, loss_fn, train_set, sampler, collate, stop)
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return -(-len(self.sampler) // self.cfg.gradient_accumulation_steps)
+
+    def loader(self, batch_sampler, dataset: EncodedDataset = None) -> torch.utils.data.DataLoader:
+        """A loader of `dataset` (default: the training set) in the batches of `batch_sampler`."""
+        # a generator of its own keeps the loader from drawing on the global RNG, which dropout uses: resumable
+        return torch.utils.data.DataLoader(
+            dataset if dataset is not None else self.train_set, batch_sampler=batch_sampler,
+            collate_fn=self.collate, num_workers=self.cfg.num_workers, pin_memory=self.run.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def train_epoch(self, epoch: int) -> dict:
+        """engine.train_one_epoch from where the epoch stands; out of memory halves the batch and goes on."""
+        done = self.progress.batches_done  # whole batches of this epoch whose optimizer update is finished
+        while True:
+            self.sampler.set_epoch(epoch, skip_batches=done)
+            self.split = SplitBatchSampler(self.sampler, self.parts, done)
+            try:
+                stats = engine.train_one_epoch(
+                    self.model, self.loader(self.split), self.optimizer, self.scheduler, self.scaler, self.loss_fn,
+                    self.run, self.cfg.gradient_accumulation_steps * self.parts, self.cfg.max_grad_norm,
+                    self.cfg.log_every, f"epoch {epoch}/{self.cfg.n_epochs}", self.after_update)
+                break
+            except OOM_ERRORS:
+                if self.run.world_size > 1:
+                    raise  # the other ranks cannot be told to re-split their batches: stop rather than hang
+            # out of the except block, the failed step's tensors are free; its partial gradients are dropped
+            done = self.split.updated
+            self.halve_batch(epoch, done)
+        for key in self.progress.totals:
+            self.progress.totals[key] += stats[key]
+        return stats
+
+    def halve_batch(self, epoch: int, done: int) -> None:
+        """Half the batch, twice the accumulation: the same sentences per update. At a batch of 1, stop."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.run.device.type == "cuda":
+            torch.cuda.empty_cache()
+        batch, accum = self.cfg.batch_size, self.cfg.gradient_accumulation_steps
+        size = -(-batch // self.parts)
+        if size <= 1:
+            raise InputError(f"out of memory on {self.run.device} with a batch of 1 sentence; lower --max_length "
+                             "or use a smaller --bert_name")
+        self.parts *= 2
+        self.run.print(f"out of memory on {self.run.device} at batch size {size}: batch size -> "
+                       f"{-(-batch // self.parts)}, gradient accumulation {accum * self.parts // 2} -> "
+                       f"{accum * self.parts} (still {batch * accum} sentences per update); "
+                       f"epoch {epoch} goes on from batch {done + 1}")
+
+    def after_update(self, micro_steps: int) -> bool:
+        """Called by the loop after each optimizer update; saves every --save_every updates. True: stop now."""
+        self.progress.updates += 1
+        self.progress.batches_done = self.split.on_update(micro_steps)
+        stopping = self.stop.agreed(self.run)
+        if stopping or (self.cfg.save_every > 0 and self.progress.updates % self.cfg.save_every == 0):
+            self.save_resumable()
+        return stopping
+
+    def end_epoch(self, epoch: int) -> None:
+        """The next epoch starts from its first batch; a resumable checkpoint if asked for or stopping."""
+        self.progress.epoch, self.progress.batches_done = epoch + 1, 0
+        if self.stop.agreed(self.run) or self.cfg.save_every > 0:
+            self.save_resumable()
+
+    def save_resumable(self) -> None:
+        save_resumable(self.cfg.save_path, self.run, unwrap(self.model), self.optimizer, self.scheduler, self.scaler,
+                       self.progress, self.cfg)
+
+
+def print_startup(cfg: Config, run: Run, training: Training, model_path: str, train_data, valid_data, names: list,
+                  encode_s: float) -> None:
+    """The derived numbers a user checks before waiting for an epoch: rows, model, devices, batch sizes, updates."""
+    n_params = sum(p.numel() for p in unwrap(training.model).parameters() if p.requires_grad)
+    per_update = cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps
     run.print(f"train {len(train_data.texts)} rows, validation {len(valid_data.texts)} rows, {len(names)} classes "
               f"({cfg.train_path}{' + ' + cfg.valid_path if cfg.valid_path else ', split ' + str(cfg.valid_frac)})\n"
               f"model {cfg.bert_name} ({model_path}), pooling {cfg.pooling}, {n_params / 1e6:.1f}M trainable "
               f"parameters{', encoder frozen' if not cfg.bert_finetuning else ''}\n"
               f"device {run.device} x{run.world_size}, precision {run.precision}, batch {cfg.batch_size} per process"
-              f" x {run.world_size} process(es) x {cfg.gradient_accumulation_steps} accumulation = "
-              f"{cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps} per update, "
-              f"{updates_per_epoch} updates per epoch, {cfg.n_epochs} epoch(s); data encoded in {tokenize_s:.1f}s")
+              f" x {run.world_size} process(es) x {cfg.gradient_accumulation_steps} accumulation = {per_update} per "
+              f"update, {training.updates_per_epoch} updates per epoch, {cfg.n_epochs} epoch(s); data encoded in "
+              f"{encode_s:.1f}s")
 
-    progress = start_or_resume(cfg, run, unwrap(model), optimizer, scheduler, scaler)
 
-    def save_state():
-        save_resumable(cfg.save_path, run, unwrap(model), optimizer, scheduler, scaler, progress, cfg)
+def score_epoch(training: Training, epoch: int, stats: dict, logits: torch.Tensor, labels: list,
+                n_classes: int) -> dict:
+    """The epoch's record, added to the history: train loss, validation metrics, throughput."""
+    run, cfg = training.run, training.cfg
+    metrics = compute_metrics(logits, labels, training.loss_fn.cpu(), cfg.multi_label, n_classes)
+    training.loss_fn.to(run.device)
+    record = {"epoch": epoch, "train_loss": stats["loss"], **{f"valid_{k}": v for k, v in metrics.items()},
+              "train_samples_per_s": stats["samples"] / stats["seconds"],
+              "train_tokens_per_s": stats["tokens"] / stats["seconds"]}
+    training.progress.history.append(record)
+    return record
 
-    def after_update(batches_done: int) -> bool:
-        """Count the update (batches_done: of this epoch, resumed ones included), save every --save_every
-        updates; True stops the epoch (a preemption signal)."""
-        progress.updates += 1
-        progress.batches_done = batches_done
-        stopping = stop.agreed(run)
-        if stopping or (cfg.save_every > 0 and progress.updates % cfg.save_every == 0):
-            save_state()
-        return stopping
 
-    history, totals = progress.history, progress.totals
-    valid_target = valid_data.labels
-    split = {"parts": 1}  # micro-batches per batch; doubled each time a step runs out of memory
-    for epoch in range(progress.epoch, cfg.n_epochs + 1):
-        if cfg.early_stop > 0 and progress.stale >= cfg.early_stop:
-            run.print(f"early stop: {progress.stale} epoch(s) without a better valid {cfg.metric}")
-            break
-        stats = train_epoch_halving_on_oom(
-            lambda sampler, accum: train_one_epoch(
-                model, torch.utils.data.DataLoader(train_set, batch_sampler=sampler, **loader_kw), optimizer,
-                scheduler, scaler, loss_fn, run, accum, cfg.max_grad_norm, cfg.log_every,
-                f"epoch {epoch}/{cfg.n_epochs}", lambda micro_steps: after_update(sampler.on_update(micro_steps))),
-            train_sampler, epoch, progress.batches_done, cfg, run, optimizer, split)
-        for k in totals:
-            totals[k] += stats[k]
-        if stop.stopping:
-            run.print(f"preemption signal: stopped after update {progress.updates}, resumable checkpoint in "
-                      f"{cfg.save_path}/resume; continue with --resume auto")
-            cleanup_run()
-            return PREEMPTED_EXIT
-        logits = evaluate(model, valid_loader, run, len(valid_set))
-        metrics = compute_metrics(logits, valid_target, loss_fn.cpu(), cfg.multi_label, len(names))
-        loss_fn.to(run.device)
-        record = {"epoch": epoch, "train_loss": stats["loss"],
-                  **{f"valid_{k}": v for k, v in metrics.items()},
-                  "train_samples_per_s": stats["samples"] / stats["seconds"],
-                  "train_tokens_per_s": stats["tokens"] / stats["seconds"]}
-        history.append(record)
-        improved = is_better(cfg.metric, metrics[cfg.metric], progress.best)
-        run.print(f"epoch {epoch}: train loss {stats['loss']:.4f} | valid loss {metrics['loss']:.4f} "
-                  f"accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} | "
-                  f"{record['train_samples_per_s']:.1f} samples/s{' | best so far, saved' if improved else ''}")
-        if improved:
-            progress.best, progress.best_epoch, progress.best_logits, progress.stale = (metrics[cfg.metric], epoch,
-                                                                                        logits, 0)
-            if run.is_main:
-                save_model(cfg.save_path, unwrap(model), tokenizer, cfg, names, {"temperature": 1.0})
-        else:
-            progress.stale += 1
-        if run.is_main:
-            write_json(os.path.join(cfg.save_path, "metrics.json"),
-                       {"best_epoch": progress.best_epoch, "metric": cfg.metric, "epochs": history})
-        progress.epoch, progress.batches_done = epoch + 1, 0
-        if stop.agreed(run) or cfg.save_every > 0:
-            save_state()
-        if stop.stopping:
-            run.print(f"preemption signal: stopped after epoch {epoch}; continue with --resume auto")
-            cleanup_run()
-            return PREEMPTED_EXIT
+def print_epoch(run: Run, record: dict, improved: bool) -> None:
+    run.print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} | valid loss {record['valid_loss']:.4f} "
+              f"accuracy {record['valid_accuracy']:.4f} macro-F1 {record['valid_macro_f1']:.4f} | "
+              f"{record['train_samples_per_s']:.1f} samples/s{' | best so far, saved' if improved else ''}")
 
-    best_record = history[progress.best_epoch - 1]
-    run.print(f"done: best epoch {progress.best_epoch} | valid accuracy {best_record['valid_accuracy']:.4f} "
-              f"macro-F1 {best_record['valid_macro_f1']:.4f} loss {best_record['valid_loss']:.4f} | "
+
+def keep_if_best(training: Training, record: dict, logits: torch.Tensor) -> bool:
+    """Whether this epoch beats the best so far (then remembered with its logits); metrics.json is rewritten."""
+    progress, cfg = training.progress, training.cfg
+    value = record[f"valid_{cfg.metric}"]
+    improved = is_better(cfg.metric, value, progress.best)
+    if improved:
+        progress.best, progress.best_epoch, progress.best_logits, progress.stale = value, record["epoch"], logits, 0
+    else:
+        progress.stale += 1
+    if training.run.is_main:
+        write_json(os.path.join(cfg.save_path, "metrics.json"),
+                   {"best_epoch": progress.best_epoch, "metric": cfg.metric, "epochs": progress.history})
+    return improved
+
+
+def stopped(run: Run, what: str) -> int:
+    """A preemption signal arrived: say where training stopped and how to go on."""
+    run.print(f"preemption signal: {what}; continue with --resume auto")
+    cleanup_run()
+    return PREEMPTED_EXIT
+
+
+def finish(cfg: Config, run: Run, progress: Progress, labels: list, names: list) -> None:
+    """The best epoch's summary; its temperature, multi-label thresholds and save_path/report/ (rank 0)."""
+    best = progress.history[progress.best_epoch - 1]
+    totals = progress.totals
+    run.print(f"done: best epoch {progress.best_epoch} | valid accuracy {best['valid_accuracy']:.4f} "
+              f"macro-F1 {best['valid_macro_f1']:.4f} loss {best['valid_loss']:.4f} | "
               f"throughput {totals['samples'] / totals['seconds']:.1f} samples/s, "
               f"{totals['tokens'] / totals['seconds']:.0f} tokens/s | model saved in {cfg.save_path}")
-    if run.is_main:  # temperature, multi-label thresholds and save_path/report/ from the best epoch
+    if run.is_main:
         from report import training_report
-        training_report(cfg.save_path, progress.best_logits.numpy(), valid_target, names, cfg.multi_label,
-                        history, cfg.metric, progress.best_epoch, run.print)
+        training_report(cfg.save_path, progress.best_logits.numpy(), labels, names, cfg.multi_label,
+                        progress.history, cfg.metric, progress.best_epoch, run.print)
     cleanup_run()
-    return 0
-
-
-OOM_ERRORS = (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (torch.cuda.OutOfMemoryError,)
-
-
-def train_epoch_halving_on_oom(train_epoch, sampler, epoch: int, start: int, cfg: Config, run, optimizer,
-                               split: dict) -> dict:
-    """train_epoch(sampler, accumulation) from batch `start`; when a step runs out of memory, halve the batch and
-    double the accumulation (the same rows per update), say so, and go on from the last update. At 1, stop."""
-    from dataset import SplitBatchSampler
-    done = start  # whole batches of this epoch whose optimizer update is finished
-    while True:
-        sampler.set_epoch(epoch, skip_batches=done)
-        progress = SplitBatchSampler(sampler, split["parts"], done)
-        try:
-            return train_epoch(progress, cfg.gradient_accumulation_steps * split["parts"])
-        except OOM_ERRORS:
-            if run.world_size > 1:
-                raise  # the other ranks cannot be told to re-split their batches: stop rather than hang
-        # out of the except block, the failed step's tensors are free; its partial gradients are dropped
-        done = progress.updated
-        optimizer.zero_grad(set_to_none=True)
-        if run.device.type == "cuda":
-            torch.cuda.empty_cache()
-        size = -(-cfg.batch_size // split["parts"])
-        if size <= 1:
-            raise InputError(f"out of memory on {run.device} with a batch of 1 sentence; lower --max_length "
-                             "or use a smaller --bert_name")
-        split["parts"] *= 2
-        accum = cfg.gradient_accumulation_steps
-        run.print(f"out of memory on {run.device} at batch size {size}: batch size -> "
-                  f"{-(-cfg.batch_size // split['parts'])}, gradient accumulation {accum * split['parts'] // 2} -> "
-                  f"{accum * split['parts']} (still {cfg.batch_size * accum} sentences per update); "
-                  f"epoch {epoch} goes on from batch {done + 1}")
-
-
-def make_loss(cfg: Config, counts: list, n_rows: int, device: torch.device):
-    """Cross-entropy (single-label) or BCE with logits (multi-label), optionally weighted by class frequency."""
-    weights = None
-    if cfg.class_weights == "balanced":
-        from engine import balanced_class_weights
-        weights = balanced_class_weights(counts, n_rows, cfg.multi_label).to(device)
-    if cfg.multi_label:
-        return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
-    return torch.nn.CrossEntropyLoss(weight=weights)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""Reproduce the accuracy table of README: GoEmotions dev macro-F1 with the embedded checkpoint.
+"""Reproduce the accuracy table of bench/README.md: GoEmotions dev macro-F1 with the embedded checkpoint.
 
     python bench/accuracy.py                       # every row: 1 epoch each, about 4 min per row on 2 free
-                                                   # cores, 48 min when the CPU is shared (README, Accuracy)
+                                                   # cores, 48 min when the CPU is shared (bench/README.md)
     python bench/accuracy.py --rows ekman_ml       # one row
     python bench/accuracy.py --convert_only        # only write the CSVs and label maps, print their paths
     python bench/accuracy.py --train_rows 8000 --rows ekman_ml -- --pooling cls_last4  # a subset; flags after --
@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOEMOTIONS = os.path.join(ROOT, "..", "shared", "data", "goemotions")
 PYTHON = sys.executable
 
-# One epoch over the 43k rows reached every target (README, Accuracy); the other settings are config.py's defaults.
+# One epoch over the 43k rows reached every target (bench/README.md); the other settings are config.py's defaults.
 EPOCHS = ["--n_epochs", "1"]
 # name -> (taxonomy or None for the shipped single-label data, extra train.py flags, target macro-F1 or None)
 ROWS = {

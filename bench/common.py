@@ -99,7 +99,7 @@ def matmul_peak_gflops(dtype_name: str, n: int = 2048, seconds: float = 2.0) -> 
 
 
 def print_table(header: list, rows: list) -> None:
-    """A Markdown table, so that it can be pasted as it is into the README."""
+    """A Markdown table, so that it can be pasted as it is into bench/README.md."""
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"

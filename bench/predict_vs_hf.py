@@ -49,7 +49,7 @@ def run_ours(args, variant: str) -> dict:
     import predict
     from checkpoint import load_model
     from config import PREDICT_BATCH_SIZE
-    from engine import setup_run
+    from runtime import setup_run
     precision = "fp32" if variant == "ours_fp32" else "auto"
     batch = int(variant[len("ours_b"):]) if variant.startswith("ours_b") else PREDICT_BATCH_SIZE
     run = setup_run("cpu", precision)

@@ -1,4 +1,4 @@
-"""Where a training step's time goes: torch.profiler around train.py's own loop (README, Speed, profile table).
+"""Where a training step's time goes: torch.profiler around train.py's own loop (bench/README.md, profile table).
 
     python bench/profile_train.py                       # 15 profiled steps, train.py's defaults, 2 threads
     python bench/profile_train.py --threads 1 --steps 30 -- --freeze_word_embeddings False   # flags after --
@@ -33,7 +33,9 @@ def main(argv=None) -> int:
 
     import train
     from dataset import BucketBatchSampler, Collator, class_counts, load_label_map, load_labelled_csv
-    from engine import build_optimizer, build_scheduler, setup_run, train_one_epoch
+    from engine import build_optimizer, build_scheduler, train_one_epoch
+    from losses import make_loss
+    from runtime import setup_run
     if args.threads:
         torch.set_num_threads(args.threads)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,8 +55,7 @@ def main(argv=None) -> int:
     optimizer = build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device)
     scheduler = build_scheduler(optimizer, len(batches) // 10, 2 * len(batches) + args.steps)
     scaler = torch.amp.GradScaler("cpu", enabled=False)  # train.py enables it for fp16, a CUDA-only precision
-    loss_fn = train.make_loss(cfg, class_counts(data.labels, len(names), cfg.multi_label), len(data.labels),
-                              run.device)
+    loss_fn = make_loss(cfg, class_counts(data.labels, len(names), cfg.multi_label), len(data.labels), run.device)
 
     def epoch(part, desc):
         return train_one_epoch(model, part, optimizer, scheduler, scaler, loss_fn, run, 1, cfg.max_grad_norm,

@@ -58,7 +58,7 @@ def test_fallback_never_yields_an_empty_prediction_unless_allowed():
 
 
 def test_balanced_class_weights_match_their_formula():
-    from engine import balanced_class_weights
+    from losses import balanced_class_weights
     counts, n_rows = [50, 30, 20, 0], 100
     single = balanced_class_weights(counts, n_rows, multi_label=False)
     assert single[:3].tolist() == pytest.approx([100 / (4 * 50), 100 / (4 * 30), 100 / (4 * 20)])

@@ -114,7 +114,7 @@ def test_sharded_predict_equals_one_process_in_input_order(trained, tmp_path):
               "--device", "cpu", "--batch_size", "4"]
     # two workers through -p True's own launcher (what a machine with two GPUs gets), here on CPU with gloo
     sharded = subprocess.run(
-        [sys.executable, "-c", "import sys, engine; sys.exit(engine.launch_local_workers("
+        [sys.executable, "-c", "import sys, runtime; sys.exit(runtime.launch_local_workers("
                                "'predict.py', sys.argv[1:], 2))", *common, "-p", "True", "--out_dir",
          str(tmp_path / "sharded")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert sharded.returncode == 0, sharded.stderr[-3000:]
@@ -138,7 +138,7 @@ def test_sharded_predict_input_error_exits_2_on_every_rank(trained, tmp_path):
     wrong = tmp_path / "classes.json"
     wrong.write_text(json.dumps({"x": 0, "y": 1}), encoding="utf-8")
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys, engine; sys.exit(engine.launch_local_workers("
+        [sys.executable, "-c", "import sys, runtime; sys.exit(runtime.launch_local_workers("
                                "'predict.py', sys.argv[1:], 2))", "-f", str(inputs), "-d", str(wrong),
          "--save_path", str(trained["ddp"]), "--device", "cpu", "-p", "True", "--out_dir", str(tmp_path / "out")],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -170,7 +170,7 @@ def test_ddp_preempted_twice_resumes_to_the_weights_of_an_uninterrupted_run(trai
     save = tmp_path / "preempted"
     args = [*trained["common"], "-p", "True", "--batch_size", "4", "--save_path", str(save), "--resume", "auto",
             "--save_every", "2"]
-    launcher = [sys.executable, "-c", "import sys, engine; sys.exit(engine.launch_local_workers('train.py', "
+    launcher = [sys.executable, "-c", "import sys, runtime; sys.exit(runtime.launch_local_workers('train.py', "
                                       "sys.argv[1:], 2))", *args]
     code, out, first_stop = usr1_once_saved(launcher, save)
     assert code == 75, out[-3000:]  # the launcher passes the workers' code on, for the batch script

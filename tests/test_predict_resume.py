@@ -153,7 +153,7 @@ def test_big_files_stream_in_flat_memory(tmp_path, monkeypatch):
 
     import predict
     from config import Config
-    from engine import Run
+    from runtime import Run
     monkeypatch.setattr(predict, "CHUNK_ROWS", 1000)
     monkeypatch.setattr(predict, "predict_probabilities",
                         lambda model, tokenizer, texts, *a, **k: np.full((len(texts), 3), 1 / 3, dtype=np.float32))

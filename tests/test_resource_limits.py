@@ -11,13 +11,15 @@ OOM = torch.OutOfMemoryError
 
 
 def fake_epoch(fail_at_micro_steps: set, log: dict):
-    """A stand-in for train_one_epoch that records micro-batches and updates; OOM on the listed attempts' steps."""
-    def train_epoch(progress, accum):
+    """A stand-in for engine.train_one_epoch that records micro-batches and updates; OOM on the listed attempts'
+    steps."""
+    def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run, accum, *rest):
+        on_update = rest[-1]
         attempt = log.setdefault("attempts", 0)
         log["attempts"] += 1
         log.setdefault("accum", []).append(accum)
         pending = []
-        batches = list(progress)
+        batches = list(loader.batch_sampler)
         for step, batch in enumerate(batches):
             if (attempt, step) in fail_at_micro_steps:
                 raise OOM("simulated")
@@ -26,13 +28,13 @@ def fake_epoch(fail_at_micro_steps: set, log: dict):
             if (step + 1) % accum == 0 or step + 1 == len(batches):
                 log.setdefault("updates", []).append(sorted(pending))
                 pending = []
-                progress.on_update(step + 1)
+                on_update(step + 1)
         return {"loss": 0.0, "samples": 0, "tokens": 0, "seconds": 1.0}
-    return train_epoch
+    return train_one_epoch
 
 
 class Quiet:
-    device, world_size = torch.device("cpu"), 1
+    device, world_size, rank = torch.device("cpu"), 1, 0
 
     def __init__(self):
         self.lines = []
@@ -41,20 +43,26 @@ class Quiet:
         self.lines.append(line)
 
 
-def test_halving_keeps_the_rows_of_every_update(capsys):
+def test_halving_keeps_the_rows_of_every_update(monkeypatch):
+    import engine
     from config import Config
     from dataset import BucketBatchSampler
-    from train import train_epoch_halving_on_oom
+    from resume import Progress, StopRequest
+    from train import Training
     cfg = Config(batch_size=8, gradient_accumulation_steps=2)
     sampler = BucketBatchSampler([5 + i % 7 for i in range(61)], 8, shuffle=True, seed=3)
     sampler.set_epoch(1)
     expected = [sorted(a + b) for a, b in zip(*[iter(sampler.global_batches() + [[]])] * 2)]
-    log, run, split = {}, Quiet(), {"parts": 1}
+    log, run = {}, Quiet()
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    training = Training(cfg, run, None, optimizer, None, None, None, list(range(61)), sampler, None, StopRequest(),
+                        Progress())
     # attempt 0 fails in the 2nd micro-step of its 3rd update; attempt 1 (batches of 4) in its first step
-    train_epoch_halving_on_oom(fake_epoch({(0, 5), (1, 0)}, log), sampler, 1, 0, cfg, run, optimizer, split)
-    assert split["parts"] == 4 and log["accum"] == [2, 4, 8]
+    monkeypatch.setattr(engine, "train_one_epoch", fake_epoch({(0, 5), (1, 0)}, log))
+    training.train_epoch(1)
+    assert training.parts == 4 and log["accum"] == [2, 4, 8]
     assert log["updates"] == expected  # the interrupted update was redone whole, none twice
+    assert training.progress.updates == len(expected)
     assert max(log["micro"][5:]) <= 2
     assert run.lines[0] == ("out of memory on cpu at batch size 8: batch size -> 4, gradient accumulation 2 -> 4 "
                             "(still 16 sentences per update); epoch 1 goes on from batch 5")

@@ -88,7 +88,7 @@ def test_padded_batch_gives_the_logits_of_each_sentence_alone(tiny_bert, pooling
 
 # ---------------------------------------------------------------------------------------------- prediction
 def cpu_run(precision: str = "fp32"):
-    from engine import Run
+    from runtime import Run
     return Run(torch.device("cpu"), precision)
 
 
@@ -147,13 +147,13 @@ class Encoded:
 
 
 def boost_vectors(model_path, save_path, texts, max_length=32, pooling="cls"):
-    """(vectors, rows encoded) from engine.cached_sentence_vectors with a fresh model of model_path."""
+    """(vectors, rows encoded) from boost_cache.cached_sentence_vectors with a fresh model of model_path."""
     from types import SimpleNamespace
 
     from transformers import AutoTokenizer
 
     from dataset import tokenize
-    from engine import cached_sentence_vectors
+    from boost_cache import cached_sentence_vectors
     from model import BertClassifier, load_pretrained_encoder
     model = BertClassifier(load_pretrained_encoder(model_path), 3, pooling)
     model.freeze_encoder()
@@ -206,7 +206,7 @@ def test_boost_cache_is_reused_and_invalidated_by_checkpoint_length_and_text(tin
 
 # ------------------------------------------------------------------------------------------------- fast dropout
 def test_fast_dropout_drops_p_of_the_elements_unbiased_and_masks_the_gradient_alike():
-    from model import FastDropout
+    from fast_encoder import FastDropout
     torch.manual_seed(0)
     x = torch.full((400, 1000), 2.0, requires_grad=True)
     layer = FastDropout(0.1)
@@ -227,7 +227,7 @@ def test_fast_dropout_drops_p_of_the_elements_unbiased_and_masks_the_gradient_al
 
 def test_fast_dropout_masks_use_every_lane_of_the_random_words():
     """Four elements share one 64-bit draw; each of the four positions must be dropped at rate p."""
-    from model import fast_dropout
+    from fast_encoder import fast_dropout
     torch.manual_seed(1)
     y = fast_dropout(torch.ones(200_000, 4), 0.25, True)
     rates = (y == 0).float().mean(0)
@@ -235,7 +235,7 @@ def test_fast_dropout_masks_use_every_lane_of_the_random_words():
 
 
 def test_fast_dropout_follows_the_seed():
-    from model import fast_dropout
+    from fast_encoder import fast_dropout
     x = torch.ones(64, 64)
     torch.manual_seed(5)
     a = fast_dropout(x, 0.1, True)
@@ -247,7 +247,8 @@ def test_fast_dropout_follows_the_seed():
 def test_encoder_with_fast_dropout_computes_what_sdpa_does(tiny_bert, precision):
     """Evaluation runs the same code; in training, with a drop rate that rounds to zero, the written-out
     attention equals SDPA's on padded batches, forward and backward."""
-    from model import FAST_ATTENTION, fast_training_encoder, load_pretrained_encoder
+    from fast_encoder import FAST_ATTENTION, fast_training_encoder
+    from model import load_pretrained_encoder
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     plain, fast = load_pretrained_encoder(tiny_bert), fast_training_encoder(load_pretrained_encoder(tiny_bert))
     assert fast.config._attn_implementation == FAST_ATTENTION
@@ -266,7 +267,7 @@ def test_encoder_with_fast_dropout_computes_what_sdpa_does(tiny_bert, precision)
     layer.train()
     q, k, v = (torch.randn(3, 2, 11, 16, requires_grad=True) for _ in range(3))
     bool_mask = mask.bool()[:, None, None, :].expand(3, 1, 11, 11)
-    from model import sdpa_fast_dropout
+    from fast_encoder import sdpa_fast_dropout
     got, _ = sdpa_fast_dropout(layer, q, k, v, bool_mask, scaling=0.25, dropout=1e-9)  # threshold 0: keep all
     want, _ = sdpa_attention_forward(layer, q, k, v, bool_mask, scaling=0.25, dropout=0.0)
     assert torch.allclose(got, want, atol=1e-5)
@@ -276,7 +277,8 @@ def test_encoder_with_fast_dropout_computes_what_sdpa_does(tiny_bert, precision)
 
 
 def test_attention_dropout_drops_weights_in_training(tiny_bert):
-    from model import fast_training_encoder, load_pretrained_encoder, sdpa_fast_dropout
+    from fast_encoder import fast_training_encoder, sdpa_fast_dropout
+    from model import load_pretrained_encoder
     fast = fast_training_encoder(load_pretrained_encoder(tiny_bert))
     layer = fast.encoder.layer[0].attention.self
     layer.train()
@@ -296,10 +298,10 @@ def test_freed_memory_stays_in_the_process_after_keep_freed_memory():
     import subprocess
     import sys
     from conftest import ROOT
-    probe = ("import sys, torch, engine\n"
+    probe = ("import sys, torch, runtime\n"
              "def rss():\n"
              "    return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
-             "if sys.argv[1] == 'keep': assert engine.keep_freed_memory()\n"
+             "if sys.argv[1] == 'keep': assert runtime.keep_freed_memory()\n"
              "x = torch.ones(50_000_000)\n"
              "peak = rss()\n"
              "del x\n"
@@ -349,7 +351,8 @@ def test_clipping_folded_into_fused_adamw_gives_the_weights_of_clip_grad_norm(ti
 
 def test_self_attention_input_is_cast_once_under_autocast(tiny_bert):
     """query, key and value get the bf16 input cast once by the block's pre-hook (under fp32 they get fp32)."""
-    from model import fast_training_encoder, load_pretrained_encoder
+    from fast_encoder import fast_training_encoder
+    from model import load_pretrained_encoder
     fast = fast_training_encoder(load_pretrained_encoder(tiny_bert))
     seen = []
     for layer in fast.encoder.layer:
@@ -380,7 +383,8 @@ def small_encoder(layers: int, attention: str):
 @pytest.mark.parametrize("pooling", ["cls", "pooler", "cls_last4"])
 def test_last_layer_computes_only_the_first_token_and_gives_the_full_layers_vectors_and_gradients(pooling, attention):
     import copy
-    from model import BertClassifier, fast_training_encoder
+    from fast_encoder import fast_training_encoder
+    from model import BertClassifier
     encoder = small_encoder(4, "sdpa" if attention == "fast" else attention)
     if attention == "fast":
         encoder = fast_training_encoder(encoder)
@@ -416,7 +420,8 @@ def test_last_layer_computes_only_the_first_token_and_gives_the_full_layers_vect
 
 
 def test_mean_and_max_pooling_keep_every_token_of_the_last_layer():
-    from model import BertClassifier, first_token_only
+    from fast_encoder import first_token_only
+    from model import BertClassifier
     for pooling in ("mean", "max"):
         model = BertClassifier(small_encoder(2, "sdpa"), 3, pooling)
         ids = torch.randint(1000, 5000, (2, 7))

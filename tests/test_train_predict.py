@@ -210,7 +210,8 @@ def test_optimizer_groups_encoder_and_head_learning_rates(tiny_bert):
 def test_gradient_accumulation_matches_one_large_batch(tiny_bert):
     """Two micro-batches of 4 accumulated give the update of one batch of 8 (dropout off, fp32)."""
     from dataset import Collator
-    from engine import Run, build_optimizer, build_scheduler, train_one_epoch
+    from engine import build_optimizer, build_scheduler, train_one_epoch
+    from runtime import Run
     from model import BertClassifier, load_pretrained_encoder
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_bert)
