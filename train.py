@@ -138,6 +138,10 @@ def train(cfg: Config, stop: StopRequest) -> int:
     return 0
 
 
+def updates_per_epoch(n_batches: int, accumulation: int) -> int:
+    return -(-n_batches // accumulation)  # the last, shorter accumulation still ends in an update
+
+
 def start_run(cfg: Config) -> Run:
     """This process's device, precision and rank (runtime.setup_run), and a word when -p True finds one GPU."""
     run = setup_run(cfg.device, cfg.precision)
@@ -211,14 +215,10 @@ class Training:
         """AdamW, linear warm-up and decay over every update of the run, and fp16's gradient scaler."""
         sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank)
         optimizer = engine.build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device)
-        total = -(-len(sampler) // cfg.gradient_accumulation_steps) * cfg.n_epochs
+        total = updates_per_epoch(len(sampler), cfg.gradient_accumulation_steps) * cfg.n_epochs
         scheduler = engine.build_scheduler(optimizer, int(cfg.warmup_ratio * total), total)
         scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
         return cls(cfg, run, model, optimizer, scheduler, scaler, loss_fn, train_set, sampler, collate, stop)
-
-    @property
-    def updates_per_epoch(self) -> int:
-        return -(-len(self.sampler) // self.cfg.gradient_accumulation_steps)
 
     def loader(self, batch_sampler, dataset: EncodedDataset = None) -> torch.utils.data.DataLoader:
         """A loader of `dataset` (default: the training set) in the batches of `batch_sampler`."""
@@ -276,7 +276,11 @@ class Training:
         return stopping
 
     def end_epoch(self, epoch: int) -> None:
-        """The next epoch starts from its first batch; a resumable checkpoint if asked for or stopping."""
+        """metrics.json with the history so far; the next epoch starts from its first batch; a resumable
+        checkpoint if asked for or stopping."""
+        if self.run.is_main:
+            write_json(os.path.join(self.cfg.save_path, "metrics.json"), {
+                "best_epoch": self.progress.best_epoch, "metric": self.cfg.metric, "epochs": self.progress.history})
         self.progress.epoch, self.progress.batches_done = epoch + 1, 0
         if self.stop.agreed(self.run) or self.cfg.save_every > 0:
             self.save_resumable()
@@ -291,14 +295,14 @@ def print_startup(cfg: Config, run: Run, training: Training, model_path: str, tr
     """The derived numbers a user checks before waiting for an epoch: rows, model, devices, batch sizes, updates."""
     n_params = sum(p.numel() for p in unwrap(training.model).parameters() if p.requires_grad)
     per_update = cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps
+    updates = updates_per_epoch(len(training.sampler), cfg.gradient_accumulation_steps)
     run.print(f"train {len(train_data.texts)} rows, validation {len(valid_data.texts)} rows, {len(names)} classes "
               f"({cfg.train_path}{' + ' + cfg.valid_path if cfg.valid_path else ', split ' + str(cfg.valid_frac)})\n"
               f"model {cfg.bert_name} ({model_path}), pooling {cfg.pooling}, {n_params / 1e6:.1f}M trainable "
               f"parameters{', encoder frozen' if not cfg.bert_finetuning else ''}\n"
               f"device {run.device} x{run.world_size}, precision {run.precision}, batch {cfg.batch_size} per process"
               f" x {run.world_size} process(es) x {cfg.gradient_accumulation_steps} accumulation = {per_update} per "
-              f"update, {training.updates_per_epoch} updates per epoch, {cfg.n_epochs} epoch(s); data encoded in "
-              f"{encode_s:.1f}s")
+              f"update, {updates} updates per epoch, {cfg.n_epochs} epoch(s); data encoded in {encode_s:.1f}s")
 
 
 def score_epoch(training: Training, epoch: int, stats: dict, logits: torch.Tensor, labels: list,
@@ -321,7 +325,7 @@ def print_epoch(run: Run, record: dict, improved: bool) -> None:
 
 
 def keep_if_best(training: Training, record: dict, logits: torch.Tensor) -> bool:
-    """Whether this epoch beats the best so far (then remembered with its logits); metrics.json is rewritten."""
+    """Whether this epoch beats the best so far (then remembered with its logits)."""
     progress, cfg = training.progress, training.cfg
     value = record[f"valid_{cfg.metric}"]
     improved = is_better(cfg.metric, value, progress.best)
@@ -329,9 +333,6 @@ def keep_if_best(training: Training, record: dict, logits: torch.Tensor) -> bool
         progress.best, progress.best_epoch, progress.best_logits, progress.stale = value, record["epoch"], logits, 0
     else:
         progress.stale += 1
-    if training.run.is_main:
-        write_json(os.path.join(cfg.save_path, "metrics.json"),
-                   {"best_epoch": progress.best_epoch, "metric": cfg.metric, "epochs": progress.history})
     return improved
 
 
