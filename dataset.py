@@ -146,6 +146,11 @@ class LabelledData:
     texts: list
     labels: list  # int per row, or a list of ints per row with multi_label
     rows: list = field(default_factory=list)  # row number in the file, for messages
+    texts2: list = None  # the second text of each pair (--text_col2), else None
+
+    def subset(self, idx: list) -> "LabelledData":
+        return LabelledData([self.texts[i] for i in idx], [self.labels[i] for i in idx], [self.rows[i] for i in idx],
+                            None if self.texts2 is None else [self.texts2[i] for i in idx])
 
 
 def parse_label(cell: str, names: list, index: dict, multi_label: bool):
@@ -177,23 +182,28 @@ def parse_label(cell: str, names: list, index: dict, multi_label: bool):
     return sorted(set(ids)) if multi_label else ids[0]
 
 
-def load_labelled_csv(path: str, text_col: str, label_col: str, names: list, multi_label: bool) -> LabelledData:
-    """Texts and class ids of a CSV; every bad row is reported (up to MAX_PROBLEMS) before anything runs."""
+def load_labelled_csv(path: str, text_col: str, label_col: str, names: list, multi_label: bool,
+                      text_col2: str = "") -> LabelledData:
+    """Texts (pairs of texts with text_col2) and class ids of a CSV; every bad row is reported (up to MAX_PROBLEMS)
+    before anything runs."""
     text = _read_text(path, "CSV file")
     index = {name: i for i, name in enumerate(names)}
-    data, problems, blank = LabelledData([], []), [], 0
-    for row, record, problem in iter_csv(path, text, ((text_col, "--text_col"), (label_col, "--label_col"))):
+    text_cols = (text_col, text_col2) if text_col2 else (text_col,)
+    required = ((text_col, "--text_col"), (label_col, "--label_col"))
+    required += ((text_col2, "--text_col2"),) if text_col2 else ()
+    data, problems, blank = LabelledData([], [], texts2=[] if text_col2 else None), [], 0
+    for row, record, problem in iter_csv(path, text, required):
         if problem:
             problems.append(f"{path}, row {row}: {problem}")
             continue
-        sentence = record[text_col].replace("\r\n", "\n")
-        if not sentence.strip():
+        cells = [record[col].replace("\r\n", "\n") for col in text_cols]
+        if not all(cell.strip() for cell in cells):
             blank += 1
             continue
-        bad = _control_char(sentence)
-        if bad:
-            problems.append(f"{path}, row {row}, column '{text_col}': control character U+{ord(bad[1]):04X} "
-                            f"at position {bad[0] + 1}")
+        for col, cell in zip(text_cols, cells):
+            if bad := _control_char(cell):
+                problems.append(f"{path}, row {row}, column '{col}': control character U+{ord(bad[1]):04X} "
+                                f"at position {bad[0] + 1}")
         try:
             label = parse_label(record[label_col], names, index, multi_label)
         except ValueError as e:
@@ -202,14 +212,16 @@ def load_labelled_csv(path: str, text_col: str, label_col: str, names: list, mul
         if len(problems) >= MAX_PROBLEMS:
             problems.append(f"{path}: stopped after {MAX_PROBLEMS} problems")
             break
-        data.texts.append(sentence)
+        data.texts.append(cells[0])
+        if text_col2:
+            data.texts2.append(cells[1])
         data.labels.append(label)
         data.rows.append(row)
     if problems:
         raise InputError("\n".join(problems) if len(problems) == 1 else
                          f"{len(problems)} problems in {path}:\n  " + "\n  ".join(problems))
     if blank:
-        warn(f"{path}: dropped {blank} row(s) with an empty or blank '{text_col}'")
+        warn(f"{path}: dropped {blank} row(s) with an empty or blank " + " or ".join(f"'{c}'" for c in text_cols))
     if not data.texts:
         raise InputError(f"{path}: no rows with text in column '{text_col}'")
     return data
@@ -284,19 +296,26 @@ def stratified_split(labels: list, valid_frac: float, seed: int, names: list, mu
 
 
 # ------------------------------------------------------------------------------------------ tokens, batches
-def tokenize(tokenizer, texts: list, max_length: int) -> list:
-    """Token ids per text, with special tokens, truncated to max_length, not padded."""
+def tokenize(tokenizer, texts: list, max_length: int, texts2: list = None, token_types: bool = False) -> tuple:
+    """(token ids per text, token type ids per text or None): with special tokens, truncated to max_length, not
+    padded. With texts2, each row is the tokenizer's own pair ([CLS] a [SEP] b [SEP] for BERT, <s> a </s></s> b </s>
+    for RoBERTa), the longer text truncated first. Type ids are kept only where asked and not all zero (pairs)."""
     if not texts:
-        return []
-    return tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True,
-                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return [], None
+    encoded = tokenizer(texts, texts2, truncation="longest_first", max_length=max_length, add_special_tokens=True,
+                        return_attention_mask=False, return_token_type_ids=token_types)
+    types = encoded.get("token_type_ids") if token_types else None
+    if types is not None and not any(any(t) for t in types):
+        types = None  # single texts: all zero, which is what the encoder assumes when given none
+    return encoded["input_ids"], types
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Token ids (or cached sentence vectors) with optional labels."""
+    """Token ids (with token type ids for pairs), or cached sentence vectors; optional labels."""
 
-    def __init__(self, input_ids=None, labels=None, features=None):
+    def __init__(self, input_ids=None, labels=None, features=None, token_type_ids=None):
         self.input_ids, self.labels, self.features = input_ids, labels, features
+        self.token_type_ids = token_type_ids
 
     def __len__(self):
         return len(self.features) if self.features is not None else len(self.input_ids)
@@ -307,6 +326,8 @@ class EncodedDataset(torch.utils.data.Dataset):
             item["features"] = self.features[i]
         else:
             item["input_ids"] = self.input_ids[i]
+            if self.token_type_ids is not None:
+                item["token_type_ids"] = self.token_type_ids[i]
         if self.labels is not None:
             item["labels"] = self.labels[i]
         return item
@@ -334,6 +355,11 @@ class Collator:
                 ids[row, :len(it["input_ids"])] = torch.as_tensor(it["input_ids"])
                 mask[row, :len(it["input_ids"])] = 1
             batch["input_ids"], batch["attention_mask"] = ids, mask
+            if "token_type_ids" in items[0]:
+                types = torch.zeros((len(items), longest), dtype=torch.long)
+                for row, it in enumerate(items):
+                    types[row, :len(it["token_type_ids"])] = torch.as_tensor(it["token_type_ids"])
+                batch["token_type_ids"] = types
         if "labels" in items[0]:
             if self.multi_label:
                 target = torch.zeros((len(items), self.n_classes))
@@ -430,62 +456,71 @@ def has_column(path: str, column: str) -> bool:
     return column in [h.strip() for h in header]
 
 
-def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list = None):
-    """Stream (row_numbers, texts) chunks of a .csv (column text_col) or .txt (one sentence a line) file.
+def _predict_columns(path: str, reader, text_cols: tuple) -> tuple:
+    """(header length, index of each text column) from a prediction CSV's header, which must name them all."""
+    header = [h.strip() for h in next(reader, [])]
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise InputError(f"{path}, row 1: duplicated column name(s) {', '.join(repr(d) for d in dupes)}")
+    for col, flag in zip(text_cols, ("--text_col", "--text_col2")):
+        if col not in header:
+            raise InputError(f"{path}, row 1: no column '{col}' (columns: {', '.join(header) or 'none'}); "
+                             f"name it with {flag}")
+    return len(header), [header.index(col) for col in text_cols]
 
-    Rows whose text is blank are skipped (and counted in `skipped[0]`); the rest keep their input order.
+
+def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list = None, text_col2: str = ""):
+    """Stream (row_numbers, texts, texts2) chunks of a .csv (column text_col, and text_col2 for pairs) or .txt (one
+    sentence a line) file; texts2 is None without text_col2.
+
+    Rows with a blank text are skipped (and counted in `skipped[0]`); the rest keep their input order.
     """
     is_csv = path.lower().endswith(".csv")
+    text_cols = (text_col, text_col2) if text_col2 else (text_col,)
+    if text_col2 and not is_csv:
+        raise InputError(f"{path}: a .txt file holds one text a line, and this model reads pairs "
+                         f"('{text_col}', '{text_col2}'): give it a CSV with both columns")
     with open(path, "rb") as probe:
         head = probe.read(4)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise InputError(f"{path}: the file is UTF-16; save it as UTF-8")
     with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:
-        rows, texts = [], []
+        rows, chunk, row = [], [[] for _ in text_cols], 0
         try:
             if is_csv:
-                reader = csv.reader(f, strict=True)
-                header = [h.strip() for h in next(reader, [])]
-                dupes = sorted({h for h in header if header.count(h) > 1})
-                if dupes:
-                    raise InputError(f"{path}, row 1: duplicated column name(s) "
-                                     f"{', '.join(repr(d) for d in dupes)}")
-                if text_col not in header:
-                    raise InputError(f"{path}, row 1: no column '{text_col}' "
-                                     f"(columns: {', '.join(header) or 'none'}); name it with --text_col")
-                col, row = header.index(text_col), 1
-                source = reader
+                source = csv.reader(f, strict=True)
+                width, cols = _predict_columns(path, source, text_cols)
+                row = 1
             else:
-                row, source = 0, f
+                source = f
             for fields in source:
                 row += 1
                 if is_csv:
                     if not fields:
                         continue
-                    if len(fields) != len(header):
-                        raise InputError(f"{path}, row {row}: {len(fields)} fields where the header has "
-                                         f"{len(header)}")
-                    text = fields[col].replace("\r\n", "\n")
+                    if len(fields) != width:
+                        raise InputError(f"{path}, row {row}: {len(fields)} fields where the header has {width}")
+                    cells = [fields[c].replace("\r\n", "\n") for c in cols]
                 else:
-                    text = fields.rstrip("\r\n")
-                if not text.strip():
+                    cells = [fields.rstrip("\r\n")]
+                if not all(cell.strip() for cell in cells):
                     if skipped is not None:
                         skipped[0] += 1
                     continue
-                bad = _control_char(text)
-                if bad:
-                    raise InputError(f"{path}, row {row}" + (f", column '{text_col}'" if is_csv else "") +
-                                     f": control character U+{ord(bad[1]):04X} at position {bad[0] + 1}")
+                for col, cell in zip(text_cols, cells):
+                    if bad := _control_char(cell):
+                        raise InputError(f"{path}, row {row}" + (f", column '{col}'" if is_csv else "") +
+                                         f": control character U+{ord(bad[1]):04X} at position {bad[0] + 1}")
                 rows.append(row)
-                texts.append(text)
-                if len(texts) >= chunk_rows:
-                    yield rows, texts
-                    rows, texts = [], []
+                for texts, cell in zip(chunk, cells):
+                    texts.append(cell)
+                if len(rows) >= chunk_rows:
+                    yield rows, chunk[0], chunk[1] if text_col2 else None
+                    rows, chunk = [], [[] for _ in text_cols]
         except UnicodeDecodeError as e:
-            where = f", row {row + 1}" if "row" in locals() else ""
-            raise InputError(f"{path}{where}: not UTF-8 text (byte 0x{e.object[e.start:e.start + 1].hex()}); "
+            raise InputError(f"{path}, row {row + 1}: not UTF-8 text (byte 0x{e.object[e.start:e.start + 1].hex()}); "
                              "save it as UTF-8")
         except csv.Error as e:
             raise InputError(f"{path}, row {row + 1}: malformed CSV ({e})")
-        if texts:
-            yield rows, texts
+        if rows:
+            yield rows, chunk[0], chunk[1] if text_col2 else None

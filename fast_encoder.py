@@ -5,8 +5,9 @@ Measured on the 2-core CPU (bench/profile_train.py; tables in bench/README.md, d
   Bernoulli sample per element and took 15% of a training step; this costs a seventh of that. Training only:
   evaluation is untouched. Tests: test_fast_dropout_* (rate, unbiased scale, gradient mask, seeding).
 - Attention dropout with that mask (`sdpa_fast_dropout`, registered as a transformers attention function): CPU
-  SDPA with dropout falls back to the written-out softmax(q k^T) v with the slow mask. Evaluation calls SDPA
-  itself. Tests: test_encoder_with_fast_dropout_computes_what_sdpa_does, test_attention_dropout_drops_weights_*.
+  SDPA with dropout falls back to the written-out softmax(q k^T) v with the slow mask. Evaluation, and causal
+  attention (GPT-2, Llama), call SDPA itself. Tests: test_encoder_with_fast_dropout_computes_what_sdpa_does,
+  test_attention_dropout_drops_weights_*, test_causal_attention_stays_causal_in_training (test_families.py).
 - Self-attention input cast to bf16 once (`cast_input_once`), not in each of query, key and value: 4% of a
   step under autocast. Test: test_self_attention_input_is_cast_once_under_autocast.
 - The last layer computes the first token only (`first_token_only`) when the pooling reads nothing else (cls,
@@ -14,7 +15,7 @@ Measured on the 2-core CPU (bench/profile_train.py; tables in bench/README.md, d
   Test: test_last_layer_computes_only_the_first_token_and_gives_the_full_layers_vectors_and_gradients
   (vectors and gradients equal within 1e-5 for sdpa, eager and the fast attention).
 Each trick checks that the encoder has the parts it needs and leaves any other encoder as it is.
-All tests named here are in tests/test_speed_parts.py.
+Tests named here are in tests/test_speed_parts.py unless another file is given.
 """
 import functools
 
@@ -58,7 +59,9 @@ def sdpa_fast_dropout(module, query, key, value, attention_mask, scaling=None, d
     softmax(q k^T * scaling + mask) v written out with fast_dropout on the weights. CPU SDPA falls back to this
     very computation when dropout_p > 0, with torch's slow Bernoulli draw for the mask."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    if not module.training or dropout == 0.0 or query.device.type != "cpu":
+    # a causal model may hand over no mask and let SDPA apply causality itself (is_causal): the written-out path
+    # would attend to later tokens, so causal attention keeps SDPA and torch's dropout
+    if not module.training or dropout == 0.0 or query.device.type != "cpu" or getattr(module, "is_causal", False):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling

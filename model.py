@@ -2,9 +2,12 @@
 
 As seed 000 describes: by default the last layer's hidden state of the first token ([CLS]) is the sentence
 vector. `pooling` picks another summary: BERT's pooler (dense + tanh over [CLS], what BertForSequenceClassification
-uses), the mean or the max over real tokens, or cls_last4 (the [CLS] vectors of the last four layers side by side,
-the choice seed 000's comments discuss). The forward returns logits; the loss lives in the training loop.
+uses), the mean or the max over real tokens, cls_last4 (the [CLS] vectors of the last four layers side by side,
+the choice seed 000's comments discuss), or last (the last real token). `auto` (the default) is cls for encoders
+pretrained with a summary token in front and last for XLNet and causal decoders (GPT-2, Llama, Qwen), where only
+the last token has read the whole text (`choose_pooling`). The forward returns logits; the loss lives in the loop.
 """
+import inspect
 import pickle
 
 import torch
@@ -15,18 +18,63 @@ from config import InputError
 from fast_encoder import FastDropout, first_token_only
 
 
+# No position table (XLNet's relative positions) and no tokenizer limit: this cap keeps attention's memory, which
+# grows with the square of the length, within a laptop's.
+UNBOUNDED_LENGTH_CAP = 4096
+FIRST_TOKEN_POOLINGS = ("cls", "pooler", "cls_last4")
+
+
+def is_causal(encoder: nn.Module) -> bool:
+    """Whether each token sees only the tokens before it (GPT-2, Llama, Qwen...): its attention says so."""
+    if getattr(encoder.config, "is_decoder", False):
+        return True
+    return any(getattr(m, "is_causal", False) is True for m in encoder.modules())
+
+
+def choose_pooling(encoder: nn.Module) -> tuple:
+    """(pooling, why) that --pooling auto resolves to for this encoder."""
+    kind = getattr(encoder.config, "model_type", type(encoder).__name__)
+    if is_causal(encoder):
+        return "last", f"{kind} is a causal decoder: only its last real token has read the whole text"
+    if getattr(encoder.config, "summary_type", None) == "last":  # XLNet: its <cls> comes at the end
+        return "last", f"{kind} puts its summary token at the end of the text"
+    return "cls", f"{kind} is an encoder pretrained with a summary token in front"
+
+
+def check_pooling(encoder: nn.Module, pooling: str) -> None:
+    """Poolings the encoder cannot give: one line that says why and what to use instead."""
+    kind = type(encoder).__name__
+    if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
+        raise InputError(f"--pooling pooler: the encoder {kind} has no pooler layer (use auto, cls, mean, max, last "
+                         "or cls_last4)")
+    n_layers = getattr(encoder.config, "num_hidden_layers", 0)
+    if pooling == "cls_last4" and n_layers < 4:
+        raise InputError(f"--pooling cls_last4: the encoder has {n_layers} layers, it needs at least 4")
+    if pooling in FIRST_TOKEN_POOLINGS and is_causal(encoder):
+        raise InputError(f"--pooling {pooling}: {kind} is a causal decoder, its first token sees only itself and "
+                         "would give every text the same vector; use --pooling auto (= last), last or mean")
+
+
+def takes_token_types(encoder: nn.Module, tokenizer) -> bool:
+    """Whether the tokenizer gives segment ids (BERT's token type ids: which text of a pair a token is from) and
+    the encoder reads them; RoBERTa and DistilBERT have none."""
+    if "token_type_ids" not in getattr(tokenizer, "model_input_names", ()):
+        return False
+    if "token_type_ids" not in inspect.signature(encoder.forward).parameters:
+        return False
+    types = getattr(encoder.config, "type_vocab_size", None)
+    return not isinstance(types, int) or types > 1  # XLNet has no table (None); a table of 1 holds only zeros
+
+
 class BertClassifier(nn.Module):
     """encoder -> sentence vector (`pooling`) -> dropout -> linear head -> logits; sizes from the encoder's config."""
 
     def __init__(self, encoder: nn.Module, n_classes: int, pooling: str = "cls", dropout_p: float = 0.1):
         super().__init__()
-        if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
-            raise InputError(f"--pooling pooler: the encoder {type(encoder).__name__} has no pooler layer "
-                             "(use cls, mean, max or cls_last4)")
-        n_layers = getattr(encoder.config, "num_hidden_layers", 0)
-        if pooling == "cls_last4" and n_layers < 4:
-            raise InputError(f"--pooling cls_last4: the encoder has {n_layers} layers, it needs at least 4")
-        if pooling in ("cls", "pooler", "cls_last4"):
+        if pooling == "auto":
+            pooling = choose_pooling(encoder)[0]
+        check_pooling(encoder, pooling)
+        if pooling in FIRST_TOKEN_POOLINGS:
             first_token_only(encoder)  # these poolings read only [CLS] of the last layer
         self.encoder = encoder
         self.pooling = pooling
@@ -38,10 +86,15 @@ class BertClassifier(nn.Module):
     def n_features(self) -> int:
         return self.classifier.in_features
 
-    def sentence_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) token ids -> (batch, n_features) sentence vectors."""
+    def sentence_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        token_type_ids: torch.Tensor = None) -> torch.Tensor:
+        """(batch, seq) token ids -> (batch, n_features) sentence vectors; token_type_ids only for pairs."""
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                           output_hidden_states=self.pooling == "cls_last4")
+                           output_hidden_states=self.pooling == "cls_last4", **extra)
+        if self.pooling == "last":
+            return out.last_hidden_state[torch.arange(len(input_ids), device=input_ids.device),
+                                         last_real_token(attention_mask)]
         if self.pooling == "cls":
             return out.last_hidden_state[:, 0]
         if self.pooling == "pooler":
@@ -54,15 +107,21 @@ class BertClassifier(nn.Module):
         # max: padding must never win, so it is pushed to the dtype's lowest value
         return out.last_hidden_state.masked_fill(mask == 0, torch.finfo(mask.dtype).min).max(1).values
 
-    def forward(self, input_ids=None, attention_mask=None, features=None) -> torch.Tensor:
+    def forward(self, input_ids=None, attention_mask=None, features=None, token_type_ids=None) -> torch.Tensor:
         """Logits (batch, n_classes), from tokens, or from cached sentence vectors (`--boost`)."""
         if features is None:
-            features = self.sentence_vector(input_ids, attention_mask)
+            features = self.sentence_vector(input_ids, attention_mask, token_type_ids)
         return self.classifier(self.dropout(features))
 
     def freeze_encoder(self) -> None:
         for p in self.encoder.parameters():
             p.requires_grad_(False)
+
+
+def last_real_token(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch,) position of each row's last real token, whichever side the padding is on."""
+    positions = torch.arange(attention_mask.size(1), device=attention_mask.device)
+    return (attention_mask.to(torch.long) * positions).argmax(1)
 
 
 def _quiet_transformers():
@@ -103,12 +162,17 @@ def encoder_from_config(folder: str) -> nn.Module:
     return AutoModel.from_config(config, trust_remote_code=False)
 
 
-def max_supported_length(encoder: nn.Module, tokenizer) -> int:
-    """The longest input the checkpoint accepts: its position table, or the tokenizer's limit if smaller."""
-    positions = getattr(encoder.config, "max_position_embeddings", None) or 512
-    if getattr(encoder.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "longformer"):
-        positions -= 2  # these offset positions by padding_idx + 1
+def max_supported_length(encoder: nn.Module, tokenizer) -> tuple:
+    """(longest input the checkpoint accepts, why): its position table, the tokenizer's limit if smaller, or, with
+    neither, UNBOUNDED_LENGTH_CAP."""
+    positions = getattr(encoder.config, "max_position_embeddings", None)
+    padding_idx = getattr(getattr(encoder, "embeddings", None), "padding_idx", None)
+    if isinstance(positions, int) and positions > 0 and isinstance(padding_idx, int):
+        positions -= padding_idx + 1  # RoBERTa, XLM-R, MPNet: real positions start after padding_idx
     tok_limit = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tok_limit, int) and 0 < tok_limit < 100_000:
-        return min(positions, tok_limit)
-    return positions
+    tok_limit = tok_limit if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000 else None
+    if isinstance(positions, int) and positions > 0 and (tok_limit is None or positions <= tok_limit):
+        return positions, "its position table"
+    if tok_limit is not None:
+        return tok_limit, "its tokenizer's limit"
+    return UNBOUNDED_LENGTH_CAP, "no position table: capped to bound attention's memory"

@@ -5,9 +5,10 @@
     python predict.py -f test_folder/ -d classes.json --report True   # labelled CSVs: + out_dir/report_<stem>/
     python predict.py -f big_folder/ -d classes.json -p True      # every GPU: rows shared out, output in order
 
-Each input file gets a predictions CSV in --out_dir: the sentence, the predicted class in `label` (multi-label:
-the chosen classes joined by commas) and one column per class, named as the class, with its probability.
-A .csv input is read from its text column; a .txt input has one sentence per line. Files are streamed in
+Each input file gets a predictions CSV in --out_dir: the sentence (both texts for a pair model), the predicted class
+in `label` (multi-label: the chosen classes joined by commas) and one column per class, named as the class, with
+its probability. A .csv input is read from its text column (and --text_col2 for pairs); a .txt input has one
+sentence per line. Files are streamed in
 chunks, so memory stays flat whatever their size, and rows keep their input order. A file already predicted
 by the same model and unchanged since is skipped unless --overwrite. A bad file is reported and skipped; the
 exit code is then 1. The model, its tokenizer, label map and settings all come from --save_path.
@@ -26,7 +27,7 @@ import torch
 from calibrate import decide, probabilities
 from checkpoint import atomic_path, load_model, sha256_file, write_json
 from config import PREDICT_BATCH_SIZE, Config, InputError, build_parser, run_cli
-from dataset import Collator, has_column, iter_predict_file, load_label_map, load_labelled_csv, tokenize
+from dataset import Collator, EncodedDataset, has_column, iter_predict_file, load_label_map, load_labelled_csv, tokenize
 from runtime import cleanup_run, launch_local_workers, local_worker_count, setup_run
 
 CHUNK_ROWS = 8192  # rows read, sorted by length and predicted at a time: bounds memory on huge files
@@ -47,36 +48,43 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 @torch.inference_mode()
 def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_size: int, run,
-                          multi_label: bool, temperature: float = 1.0, stats: dict = None) -> np.ndarray:
-    """(len(texts), n_classes) probabilities in input order; batches are sorted by length and padded per batch.
+                          multi_label: bool, temperature: float = 1.0, stats: dict = None,
+                          texts2: list = None) -> np.ndarray:
+    """(len(texts), n_classes) probabilities in input order (of pairs with texts2); batches are sorted by length
+    and padded per batch.
 
     `stats["tokens"]`, when given, is increased by the number of tokens read (for the tokens/s report)."""
-    ids = tokenize(tokenizer, texts, max_length)
+    from model import takes_token_types
+    ids, types = tokenize(tokenizer, texts, max_length, texts2, takes_token_types(model.encoder, tokenizer))
     if stats is not None:
         stats["tokens"] = stats.get("tokens", 0) + sum(len(x) for x in ids)
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(texts), model.classifier.out_features), dtype=np.float32)
+    dataset = EncodedDataset(ids, token_type_ids=types)
     collate = Collator(tokenizer.pad_token_id or 0)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        batch = collate([{"index": int(i), "input_ids": ids[i]} for i in rows])  # padded to its longest row
+        batch = collate([dataset[int(i)] for i in rows])  # padded to its longest row
         with run.autocast():
             logits = model(input_ids=batch["input_ids"].to(run.device),
-                           attention_mask=batch["attention_mask"].to(run.device))
+                           attention_mask=batch["attention_mask"].to(run.device),
+                           token_type_ids=batch["token_type_ids"].to(run.device) if types is not None else None)
         out[rows] = probabilities(logits, multi_label, temperature).cpu().numpy()
     return out
 
 
 def predict_sharded(model, tokenizer, texts: list, cfg: Config, run, temperature: float,
-                    counts: dict = None) -> np.ndarray:
-    """Probabilities of `texts` in input order; under several processes each predicts one contiguous share."""
+                    counts: dict = None, texts2: list = None) -> np.ndarray:
+    """Probabilities of `texts` (pairs with texts2) in input order; under several processes each predicts one
+    contiguous share."""
+    def share(lo, hi):
+        return predict_probabilities(model, tokenizer, texts[lo:hi], cfg.max_length, cfg.batch_size, run,
+                                     cfg.multi_label, temperature, counts, None if texts2 is None else texts2[lo:hi])
     if run.world_size == 1:
-        return predict_probabilities(model, tokenizer, texts, cfg.max_length, cfg.batch_size, run,
-                                     cfg.multi_label, temperature, counts)
+        return share(0, len(texts))
     import torch.distributed as dist
     bounds = [len(texts) * r // run.world_size for r in range(run.world_size + 1)]
-    mine = predict_probabilities(model, tokenizer, texts[bounds[run.rank]:bounds[run.rank + 1]], cfg.max_length,
-                                 cfg.batch_size, run, cfg.multi_label, temperature, counts)
+    mine = share(bounds[run.rank], bounds[run.rank + 1])
     shares = [None] * run.world_size
     dist.all_gather_object(shares, mine)  # rank order is input order
     return np.concatenate(shares)
@@ -112,15 +120,16 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     with atomic_path(out_path) if run.is_main else contextlib.nullcontext(os.devnull) as tmp, \
             open(tmp, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([cfg.text_col, "label", *names])
-        for _, texts in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped):
-            probs = predict_sharded(model, tokenizer, texts, cfg, run, temperature, counts)
+        writer.writerow([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else []), "label", *names])
+        for _, texts, texts2 in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped, cfg.text_col2):
+            probs = predict_sharded(model, tokenizer, texts, cfg, run, temperature, counts, texts2)
             chosen = decide(probs, cfg.multi_label, thresholds, cfg.allow_empty)
             if keep_probs is not None:
                 keep_probs.append(probs)
-            for text, p, c in zip(texts, probs, chosen):
+            for i, (p, c) in enumerate(zip(probs, chosen)):
                 label = ",".join(names[j] for j in np.flatnonzero(c)) if cfg.multi_label else names[c]
-                writer.writerow([text, label, *(f"{x:.6f}" for x in p)])
+                writer.writerow([texts[i], *([texts2[i]] if texts2 is not None else []), label,
+                                 *(f"{x:.6f}" for x in p)])
             n_rows += len(texts)
         if n_rows == 0:
             raise InputError(f"{path}: no sentences to predict")
@@ -196,9 +205,9 @@ def check_label_map(names_given: list, names: list, runtime: dict) -> None:
 
 def check_prediction_options(cfg: Config, model, tokenizer) -> None:
     from model import max_supported_length  # transformers takes seconds to import: --help answers without it
-    limit = max_supported_length(model.encoder, tokenizer)
+    limit, why = max_supported_length(model.encoder, tokenizer)
     if cfg.max_length > limit:
-        raise InputError(f"--max_length {cfg.max_length}: this model supports at most {limit} tokens")
+        raise InputError(f"--max_length {cfg.max_length}: this model supports at most {limit} tokens ({why})")
     if cfg.batch_size < 1:
         raise InputError("--batch_size must be at least 1")
 
@@ -226,7 +235,8 @@ class DoneFiles:
             except (OSError, ValueError):
                 self.done = {}
         self.settings = {"model": sha256_file(os.path.join(cfg.save_path, "manifest.json")),
-                         "max_length": cfg.max_length, "text_col": cfg.text_col, "allow_empty": cfg.allow_empty,
+                         "max_length": cfg.max_length, "text_col": cfg.text_col, "text_col2": cfg.text_col2,
+                         "allow_empty": cfg.allow_empty,
                          "report": cfg.report}
 
     def up_to_date(self, name: str, src: str, dst: str) -> bool:
@@ -246,7 +256,8 @@ def predict_one_input(src: str, dst: str, out_name: str, model, tokenizer, cfg: 
     labelled = cfg.report and has_column(src, cfg.label_col)
     probs = [] if labelled else None
     # labels are checked before predicting, so a bad label costs no model time
-    truth = load_labelled_csv(src, cfg.text_col, cfg.label_col, names, cfg.multi_label) if labelled else None
+    truth = load_labelled_csv(src, cfg.text_col, cfg.label_col, names, cfg.multi_label,
+                              cfg.text_col2) if labelled else None
     stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra, probs)
     if labelled:
         folder = os.path.join(cfg.out_dir, f"report_{os.path.splitext(out_name)[0]}")

@@ -24,7 +24,7 @@ import torch
 import engine
 from config import Config, InputError, build_parser, config_from_args, resolve_model_path, run_cli
 from checkpoint import save_model, write_json
-from dataset import (BucketBatchSampler, Collator, EncodedDataset, LabelledData, SplitBatchSampler,
+from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler,
                      check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_csv,
                      stratified_split, tokenize)
 from losses import make_loss
@@ -64,7 +64,8 @@ def load_data(cfg: Config):
     loaded, problems = {}, []
     for path in filter(None, (cfg.train_path, cfg.valid_path)):  # both files checked before either is reported
         try:
-            loaded[path] = load_labelled_csv(path, cfg.text_col, cfg.label_col, names, cfg.multi_label)
+            loaded[path] = load_labelled_csv(path, cfg.text_col, cfg.label_col, names, cfg.multi_label,
+                                             cfg.text_col2)
         except InputError as e:
             problems.append(str(e))
     if problems:
@@ -76,11 +77,7 @@ def load_data(cfg: Config):
         check_validation_data(cfg.valid_path, train, valid, names, cfg.multi_label)
         return names, train, valid
     train_idx, valid_idx = stratified_split(train.labels, cfg.valid_frac, cfg.seed, names, cfg.multi_label)
-
-    def subset(idx):
-        return LabelledData([train.texts[i] for i in idx], [train.labels[i] for i in idx],
-                            [train.rows[i] for i in idx])
-    return names, subset(train_idx), subset(valid_idx)
+    return names, train.subset(train_idx), train.subset(valid_idx)
 
 
 def seed_everything(seed: int) -> None:
@@ -152,15 +149,22 @@ def start_run(cfg: Config) -> Run:
 
 
 def build_model(cfg: Config, n_classes: int, run):
-    """(classifier on run.device, tokenizer, resolved checkpoint path) from --bert_name."""
+    """(classifier on run.device, tokenizer, resolved checkpoint path) from --bert_name; --pooling auto becomes
+    the pooling chosen (cfg.pooling, so train_config.json records it), and a tokenizer without a pad token pads
+    with its end-of-text token, as Hugging Face's own sequence classifiers do."""
     from fast_encoder import fast_training_encoder  # transformers takes seconds to import: only once data is good
-    from model import BertClassifier, load_pretrained_encoder, load_tokenizer, max_supported_length
+    from model import BertClassifier, choose_pooling, load_pretrained_encoder, load_tokenizer, max_supported_length
     model_path = resolve_model_path(cfg.bert_name)
     tokenizer = load_tokenizer(model_path)
     encoder = load_pretrained_encoder(model_path)
-    limit = max_supported_length(encoder, tokenizer)
+    limit, why = max_supported_length(encoder, tokenizer)
     if cfg.max_length > limit:
-        raise InputError(f"--max_length {cfg.max_length}: {cfg.bert_name} supports at most {limit} tokens")
+        raise InputError(f"--max_length {cfg.max_length}: {cfg.bert_name} supports at most {limit} tokens ({why})")
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked: any real id will do
+    if cfg.pooling == "auto":
+        cfg.pooling, why = choose_pooling(encoder)
+        run.print(f"pooling auto -> {cfg.pooling}: {why}")
     model = BertClassifier(fast_training_encoder(encoder), n_classes, cfg.pooling, cfg.dropout_p)
     if not cfg.bert_finetuning:
         model.freeze_encoder()
@@ -172,13 +176,16 @@ def build_model(cfg: Config, n_classes: int, run):
 
 
 def encode_rows(data, model, tokenizer, model_path: str, cfg: Config, run):
-    """Token ids of every row, tokenised once; with --boost, the frozen encoder's cached sentence vectors."""
-    ids = tokenize(tokenizer, data.texts, cfg.max_length)
+    """Token ids of every row (of every pair), tokenised once; with --boost, the frozen encoder's cached sentence
+    vectors."""
+    from model import takes_token_types
+    ids, types = tokenize(tokenizer, data.texts, cfg.max_length, data.texts2,
+                          takes_token_types(unwrap(model).encoder, tokenizer))
     if not cfg.boost:
-        return EncodedDataset(ids, data.labels)
+        return EncodedDataset(ids, data.labels, token_type_ids=types)
     from boost_cache import cached_sentence_vectors
-    return EncodedDataset(labels=data.labels,
-                          features=cached_sentence_vectors(model, tokenizer, data.texts, ids, cfg, model_path, run))
+    return EncodedDataset(labels=data.labels, features=cached_sentence_vectors(
+        model, tokenizer, data.texts, ids, cfg, model_path, run, texts2=data.texts2, token_type_ids=types))
 
 
 def wrap_for_parallel(model: torch.nn.Module, cfg: Config, run: Run) -> torch.nn.Module:
@@ -298,6 +305,7 @@ def print_startup(cfg: Config, run: Run, training: Training, model_path: str, tr
     updates = updates_per_epoch(len(training.sampler), cfg.gradient_accumulation_steps)
     run.print(f"train {len(train_data.texts)} rows, validation {len(valid_data.texts)} rows, {len(names)} classes "
               f"({cfg.train_path}{' + ' + cfg.valid_path if cfg.valid_path else ', split ' + str(cfg.valid_frac)})\n"
+              f"{'pairs ' + cfg.text_col + ' + ' + cfg.text_col2 + ', ' if cfg.text_col2 else ''}"
               f"model {cfg.bert_name} ({model_path}), pooling {cfg.pooling}, {n_params / 1e6:.1f}M trainable "
               f"parameters{', encoder frozen' if not cfg.bert_finetuning else ''}\n"
               f"device {run.device} x{run.world_size}, precision {run.precision}, batch {cfg.batch_size} per process"

@@ -105,8 +105,8 @@ def test_predict_file_streams_or_says_why(content, suffix, chunk_rows):
     except InputError as e:
         assert path in str(e)
     else:
-        rows = [r for chunk_rows_, _ in chunks for r in chunk_rows_]
+        rows = [r for chunk_rows_, _, _ in chunks for r in chunk_rows_]
         assert rows == sorted(rows) and len(set(rows)) == len(rows)  # input order, each row once
-        assert all(0 < len(texts) <= chunk_rows for _, texts in chunks)
+        assert all(0 < len(texts) <= chunk_rows and texts2 is None for _, texts, texts2 in chunks)
     finally:
         os.remove(path)

@@ -76,7 +76,7 @@ def test_padded_batch_gives_the_logits_of_each_sentence_alone(tiny_bert, pooling
     torch.manual_seed(0)
     model = BertClassifier(load_pretrained_encoder(tiny_bert), 3, pooling).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    ids = tokenize(tokenizer, sentences(6), 32)
+    ids, _ = tokenize(tokenizer, sentences(6), 32)
     assert len({len(x) for x in ids}) > 2
     batch = Collator(tokenizer.pad_token_id)([EncodedDataset(ids)[i] for i in range(len(ids))])
     with torch.inference_mode():
@@ -141,9 +141,9 @@ class Encoded:
         self.rows, self.forward = 0, model.sentence_vector
         model.sentence_vector = self
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None):
         self.rows += len(input_ids)
-        return self.forward(input_ids, attention_mask)
+        return self.forward(input_ids, attention_mask, token_type_ids)
 
 
 def boost_vectors(model_path, save_path, texts, max_length=32, pooling="cls"):
@@ -160,7 +160,7 @@ def boost_vectors(model_path, save_path, texts, max_length=32, pooling="cls"):
     counter = Encoded(model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     cfg = SimpleNamespace(save_path=str(save_path), max_length=max_length, pooling=pooling)
-    vectors = cached_sentence_vectors(model, tokenizer, texts, tokenize(tokenizer, texts, max_length), cfg,
+    vectors = cached_sentence_vectors(model, tokenizer, texts, tokenize(tokenizer, texts, max_length)[0], cfg,
                                       model_path, cpu_run())
     return vectors, counter.rows
 
