@@ -44,15 +44,15 @@ def choose_pooling(encoder: nn.Module) -> tuple:
 def check_pooling(encoder: nn.Module, pooling: str) -> None:
     """Poolings the encoder cannot give: one line that says why and what to use instead."""
     kind = type(encoder).__name__
+    if pooling in FIRST_TOKEN_POOLINGS and is_causal(encoder):
+        raise InputError(f"--pooling {pooling}: {kind} is a causal decoder, its first token sees only itself and "
+                         "would give every text the same vector; use --pooling auto (= last), last or mean")
     if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
         raise InputError(f"--pooling pooler: the encoder {kind} has no pooler layer (use auto, cls, mean, max, last "
                          "or cls_last4)")
     n_layers = getattr(encoder.config, "num_hidden_layers", 0)
     if pooling == "cls_last4" and n_layers < 4:
         raise InputError(f"--pooling cls_last4: the encoder has {n_layers} layers, it needs at least 4")
-    if pooling in FIRST_TOKEN_POOLINGS and is_causal(encoder):
-        raise InputError(f"--pooling {pooling}: {kind} is a causal decoder, its first token sees only itself and "
-                         "would give every text the same vector; use --pooling auto (= last), last or mean")
 
 
 def takes_token_types(encoder: nn.Module, tokenizer) -> bool:

@@ -45,6 +45,64 @@ def tiny_bert(tmp_path_factory) -> str:
     return folder
 
 
+# One small randomly initialised checkpoint per family seed 003 names (and the rest of issue 12's list): the
+# transformers config of the family at hidden size 32, 2 layers, saved with the embedded checkpoint's tokenizer.
+FAMILIES = {
+    "bert": ("bert", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=64)),
+    "distilbert": ("distilbert", dict(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64)),
+    "roberta": ("roberta", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                max_position_embeddings=66)),
+    "xlm-roberta": ("xlm-roberta", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                        intermediate_size=64, max_position_embeddings=66)),
+    "electra": ("electra", dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, max_position_embeddings=64)),
+    "deberta-v2": ("deberta-v2", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=64)),
+    "albert": ("albert", dict(embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                              intermediate_size=64, max_position_embeddings=64)),
+    "mpnet": ("mpnet", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            max_position_embeddings=66)),
+    "modernbert": ("modernbert", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=64)),
+    "xlnet": ("xlnet", dict(d_model=32, n_layer=2, n_head=2, d_inner=64)),
+    "gpt2": ("gpt2", dict(n_embd=32, n_layer=2, n_head=2, n_positions=64)),
+    "llama": ("llama", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                            intermediate_size=64, max_position_embeddings=64)),
+}
+DECODERS = ("gpt2", "llama")  # their tokenizers have an end-of-text token and no pad token, as GPT-2's and Llama's
+
+
+def tiny_checkpoint(folder, family: str) -> str:
+    """Save a random tiny checkpoint of `family` (FAMILIES) with the embedded tokenizer into `folder`."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from config import EMBEDDED_MODEL, resolve_model_path
+    model_type, sizes = FAMILIES[family]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL))
+    if family in DECODERS:
+        tokenizer.eos_token, tokenizer.pad_token = "[SEP]", None
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), pad_token_id=0,
+                                  bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id, **sizes)
+    torch.manual_seed(0)
+    AutoModel.from_config(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory):
+    """family name -> folder of its tiny checkpoint, built once per test session."""
+    built = {}
+
+    def get(family: str) -> str:
+        if family not in built:
+            built[family] = tiny_checkpoint(tmp_path_factory.mktemp(f"tiny_{family}"), family)
+        return built[family]
+    return get
+
+
 def make_rows(n: int, seed: int = 0, names=NAMES) -> list:
     """n (sentence, class name) pairs, classes in turn, each sentence built from its class's words."""
     rng = random.Random(seed)
