@@ -164,3 +164,19 @@ def test_pairs_with_boost_multi_label_and_class_weights(tiny_bert, tmp_path):
     assert "--boost: encoded" in out and os.listdir(os.path.join(save, "boost_cache"))
     code, out, err = call(train.main, args)  # the same pairs again: every vector from the cache
     assert code == 0 and "--boost: all" in out, err
+
+
+def test_bench_pairs_are_balanced_and_ask_about_the_own_emotion_exactly_when_the_answer_is_yes(tmp_path):
+    from conftest import ROOT, load_bench
+    pairs = load_bench("pairs")
+    emotions = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
+    dst = str(tmp_path / "p.csv")
+    pairs.build_pairs(os.path.join(ROOT, "data", "dev.csv"), dst, 400, 7, emotions)
+    with open(os.path.join(ROOT, "data", "dev.csv"), encoding="utf-8", newline="") as f:
+        own = {r["sentences"]: r["emotion"] for r in csv.DictReader(f)}
+    with open(dst, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 400 and sum(r["answer"] == "yes" for r in rows) == 200
+    assert len({r["sentence"] for r in rows}) == 400  # each sentence once: it cannot tell its own answer
+    assert all((r["emotion"] == own[r["sentence"]]) == (r["answer"] == "yes") for r in rows)
+    assert all(r["emotion"] in emotions for r in rows)
