@@ -7,20 +7,27 @@ written beside its final name as NAME.tmp, then the new manifest is renamed into
 NAME.tmp is renamed to NAME. A crash before the commit leaves the old model as it was; a crash after it is
 rolled forward by the next load, which finds the NAME.tmp files that match the manifest. Weights are read
 with safetensors only and configs are JSON: no pickle, no code from the checkpoint ever runs.
+
+A failed write (disk full, quota, read-only file system, permission) is one RunFault line naming the file
+(`writing`); the staging files are removed and the last committed model stays as it was. `FolderLock` keeps a
+second train.py out of a save_path that a run is writing.
 """
 import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
-from config import InputError
+from config import InputError, RunFault
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -30,6 +37,27 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 STAGING_PREFIX = ".staging-"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def writing(target: str):
+    """Turn a failure to write under `target` into one RunFault line naming the file and the error. torch.save and
+    safetensors report the OS error in their own exception types; OSError names its file itself."""
+    try:
+        yield
+    except OSError as e:
+        raise RunFault(f"{e.filename or target}: cannot write ({e.strerror or e})")
+    except (RuntimeError, SafetensorError) as e:
+        raise RunFault(f"{target}: cannot write ({str(e).strip().splitlines()[0][:200]})")
+
+
+def model_in_place(folder: str) -> str:
+    """What a user still has after a failed run: a complete model in `folder`, or none yet."""
+    try:
+        verify_folder(folder)
+    except InputError:
+        return f"no complete model in {folder} yet"
+    return f"the last complete model in {folder} is in place and loads (predict.py reads it)"
 
 
 def _fsync_dir(folder: str) -> None:
@@ -132,6 +160,9 @@ def verify_folder(folder: str) -> dict:
         raise InputError(f"{folder}: no trained model here (the folder does not exist); run train.py first "
                          "or pass --save_path")
     if not os.path.exists(os.path.join(folder, MANIFEST)):
+        if os.path.exists(os.path.join(folder, LOCK_FILE)):
+            raise InputError(f"{folder}: a training run is writing this folder and has saved no complete model "
+                             f"yet; wait for its first epoch ({os.path.join(folder, LOCK_FILE)} names it)")
         raise InputError(f"{folder}: no trained model here ({MANIFEST} is missing); run train.py first "
                          "or pass --save_path")
     try:
@@ -162,7 +193,8 @@ def save_model(folder: str, model: torch.nn.Module, tokenizer, cfg, names: list,
     _remove_dead_staging(folder)
     stage = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
     try:
-        st_save_model(model, os.path.join(stage, WEIGHTS))
+        with writing(os.path.join(folder, WEIGHTS)):
+            st_save_model(model, os.path.join(stage, WEIGHTS))
         model.encoder.config.save_pretrained(stage)
         tok_dir = os.path.join(stage, "tokenizer")
         tokenizer.save_pretrained(tok_dir)
@@ -231,3 +263,95 @@ def load_model(folder: str, device: torch.device):
         raise InputError(f"{os.path.join(folder, WEIGHTS)}: weights do not fit the saved architecture "
                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     return model.to(device).eval(), tokenizer, cfg, names, extra
+
+
+# --------------------------------------------------------------------------------------------------- the lock
+LOCK_FILE = "train.lock"
+HEARTBEAT_S = 60  # the holder touches the lock this often
+STALE_AFTER_S = 600  # a lock untouched this long belongs to a run that is gone, on whatever host
+
+
+class FolderLock:
+    """One train.py per save_path: save_path/train.lock holds the holder's host, pid and start time.
+
+    A second run is refused with one line naming the holder. A lock left by a killed run is taken over: on the
+    same host when its pid is gone; from another host (a shared file system, where a pid means nothing) when its
+    heartbeat, the file's modification time, which the holder renews every HEARTBEAT_S, is older than
+    STALE_AFTER_S, or at once when it is this same SLURM job before a requeue. Creating the lock is also the check
+    that save_path is writable at all."""
+
+    def __init__(self, folder: str, held_by_parent: bool = False):
+        self.folder, self.path = folder, os.path.join(folder, LOCK_FILE)
+        self.held_by_parent = held_by_parent or os.environ.get("TRAIN_LOCK_HELD") == os.path.abspath(folder)
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.held_by_parent:  # a rank of a run whose launcher holds the lock
+            return self
+        self.created_folder = not os.path.isdir(self.folder)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            while not self._create():
+                holder = self._holder()
+                if not self._gone(holder):
+                    raise InputError(f"--save_path {self.folder}: another train.py is writing here (pid "
+                                     f"{holder.get('pid')} on {holder.get('host')}, since {holder.get('started')}); "
+                                     f"wait for it or use another --save_path (if that run is gone, delete "
+                                     f"{self.path})")
+                print(f"warning: {self.path}: taking over the lock of a run that is gone "
+                      f"(pid {holder.get('pid')} on {holder.get('host')})", flush=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+        except OSError as e:
+            raise InputError(f"--save_path {self.folder}: cannot write there ({e.strerror or e})")
+        os.environ["TRAIN_LOCK_HELD"] = os.path.abspath(self.folder)  # inherited by the ranks it launches
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.held_by_parent:
+            return False
+        self._stop.set()
+        os.environ.pop("TRAIN_LOCK_HELD", None)
+        if self._holder().get("pid") == os.getpid() and self._holder().get("host") == socket.gethostname():
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            if self.created_folder:  # refused input leaves no empty save_path behind
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.folder)  # only if empty
+        return False
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID"),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        return True
+
+    def _holder(self) -> dict:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                holder = json.load(f)
+            return holder if isinstance(holder, dict) else {}
+        except (OSError, ValueError):
+            return {}  # removed meanwhile, or written half by a run killed while taking it
+
+    def _gone(self, holder: dict) -> bool:
+        try:
+            age = time.time() - os.stat(self.path).st_mtime
+        except FileNotFoundError:
+            return True
+        if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+            return not _pid_alive(holder["pid"])
+        job = os.environ.get("SLURM_JOB_ID")
+        if job and holder.get("job") == job:  # this very job before SLURM requeued it, maybe on another node
+            return True
+        return age > STALE_AFTER_S
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)

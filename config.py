@@ -25,6 +25,11 @@ class InputError(Exception):
     """A problem with what the user gave us: printed as one line, exit code 2, never a traceback."""
 
 
+class RunFault(Exception):
+    """A fault during a run that the input did not cause (divergence, a full disk): one line, exit code 3; the last
+    complete model stays in place."""
+
+
 def opt(default, help, flags=(), choices=None, group="train"):
     """A Config field with its command-line help; `flags` adds short aliases such as -d."""
     return field(default=default, metadata={"help": help, "flags": flags, "choices": choices, "group": group})
@@ -161,12 +166,16 @@ def load_config(path: str) -> Config:
 
 
 def run_cli(main) -> None:
-    """Run an entry point: input problems become one line on stderr and exit code 2, Ctrl-C exit 130."""
+    """Run an entry point: input problems become one line on stderr and exit code 2, faults during the run exit
+    code 3, Ctrl-C exit 130."""
     try:
         code = main()
     except InputError as e:
         sys.stderr.write(f"error: {e}\n")
         code = 2
+    except RunFault as e:
+        sys.stderr.write(f"error: {e}\n")
+        code = 3
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130

@@ -54,62 +54,90 @@ def model_inputs(batch: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- the loop
-def clip_gradients(model, optimizer, max_norm: float, scaler) -> None:
+class Diverged(Exception):
+    """The loss or the gradient norm stopped being finite: the update number where it was seen."""
+
+    def __init__(self, update: int):
+        super().__init__(f"update {update}")
+        self.update = update
+
+
+def nonfinite_seen(flag: torch.Tensor, run: Run) -> bool:
+    """Whether any rank saw a non-finite loss or gradient norm (one tiny all-reduce: all ranks stop together)."""
+    if run.world_size > 1:
+        flag = flag.to(torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def clip_gradients(model, optimizer, max_norm: float, scaler) -> torch.Tensor:
     """clip_grad_norm_, in fewer passes over the gradients where the optimizer is fused AdamW.
 
     The norm comes from one dot product per gradient (half the time of torch's norm kernels on CPU), and the
     scaling is left to the fused AdamW kernel, which divides every gradient by `optimizer.grad_scale` as it reads
     it (the hook GradScaler uses for fp16): a read and a write of every gradient saved. fp16's GradScaler needs
-    that hook itself, so there, and with other optimizers, torch's clip_grad_norm_ does it."""
+    that hook itself, so there, and with other optimizers, torch's clip_grad_norm_ does it. Returns the norm."""
     if scaler.is_enabled() or not optimizer.defaults.get("fused"):
-        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        return
+        return nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     grads = [p.grad.reshape(-1) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not grads:
-        return
+        return torch.zeros(())
     norm = torch.stack([torch.dot(g, g) for g in grads]).sum().sqrt()
     # 1 / clip_grad_norm_'s coefficient: gradients are divided by it, and never scaled up
     optimizer.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+    return norm
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run: Run, accum: int,
                     max_grad_norm: float, log_every: int, desc: str, on_update=None) -> dict:
-    """One pass over `loader`, cut short when `on_update` returns True; returns mean loss, samples, tokens, seconds."""
+    """One pass over `loader`, cut short when `on_update` returns True; returns mean loss, samples, tokens, seconds.
+    Raises Diverged when a loss or gradient norm is not finite, looked at on the logging steps (reading it costs a
+    GPU sync) and at the end; fp16 steps that the gradient scaler skips for overflow are normal, not counted."""
     model.train()
     loss_sum = torch.zeros((), device=run.device)
-    samples = tokens = 0
+    nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
+    samples = tokens = updates = 0
     started = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=desc, disable=not run.is_main, dynamic_ncols=True, leave=False)
-    for step, batch in enumerate(loader):
-        # counted on the host copy: summing the mask on the GPU would sync with it on every step
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-        batch = to_device(batch, run.device)
-        last_micro_step = (step + 1) % accum == 0 or step + 1 == len(loader)
-        # DDP all-reduces gradients only on the micro-step that ends an accumulation
-        sync = model.no_sync() if hasattr(model, "no_sync") and not last_micro_step else contextlib.nullcontext()
-        with sync:
-            with run.autocast():
-                logits = model(**model_inputs(batch))  # (batch, n_classes)
-            loss = loss_fn(logits.float(), batch["labels"])
-            scaler.scale(loss / accum).backward()
-        if last_micro_step:
-            if max_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                clip_gradients(model, optimizer, max_grad_norm, scaler)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
-        samples += len(batch["labels"])
-        bar.update(1)
-        if run.is_main and ((step + 1) % log_every == 0 or step + 1 == len(loader)):
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}",
-                            samples_s=f"{samples * run.world_size / elapsed:.1f}")
-        if on_update is not None and last_micro_step and on_update(step + 1):
-            break  # asked to stop (preemption): the caller saves and exits
-    bar.close()
+    # a context: the bar is closed on errors too, so that an error message starts a line of its own
+    with tqdm(total=len(loader), desc=desc, disable=not run.is_main, dynamic_ncols=True, leave=False) as bar:
+        for step, batch in enumerate(loader):
+            # counted on the host copy: summing the mask on the GPU would sync with it on every step
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+            batch = to_device(batch, run.device)
+            last_micro_step = (step + 1) % accum == 0 or step + 1 == len(loader)
+            # DDP all-reduces gradients only on the micro-step that ends an accumulation
+            sync = model.no_sync() if hasattr(model, "no_sync") and not last_micro_step else contextlib.nullcontext()
+            with sync:
+                with run.autocast():
+                    logits = model(**model_inputs(batch))  # (batch, n_classes)
+                loss = loss_fn(logits.float(), batch["labels"])
+                scaler.scale(loss / accum).backward()
+            nonfinite |= ~torch.isfinite(loss.detach())
+            if last_micro_step:
+                updates += 1
+                if max_grad_norm > 0:
+                    scaler.unscale_(optimizer)
+                    norm = clip_gradients(model, optimizer, max_grad_norm, scaler)
+                    if not scaler.is_enabled():
+                        nonfinite |= ~torch.isfinite(norm.to(nonfinite.device))
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            samples += len(batch["labels"])
+            bar.update(1)
+            logging_step = (step + 1) % log_every == 0 or step + 1 == len(loader)
+            if logging_step and nonfinite_seen(nonfinite, run):
+                raise Diverged(updates)
+            if run.is_main and logging_step:
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}",
+                                samples_s=f"{samples * run.world_size / elapsed:.1f}")
+            if on_update is not None and last_micro_step and on_update(step + 1):
+                break  # asked to stop (preemption): the caller saves and exits
+    if nonfinite_seen(nonfinite, run):  # stopped between logging steps (preemption)
+        raise Diverged(updates)
     seconds = time.perf_counter() - started
     return {"loss": loss_sum.item() / max(1, len(loader)), "samples": samples * run.world_size,
             "tokens": tokens * run.world_size, "seconds": seconds}

@@ -4,12 +4,14 @@
     metrics.json                 every number (accuracy, macro-F1, per-class scores, ECE, the run's history)
     classification_report.txt    sklearn's per-class precision, recall, F1 and support, as sklearn prints it
     confusion_matrix.png         true class (rows) vs predicted class (columns), counts and row-normalised colour;
-                                 multi-label: how often a row with true class i was given class j
+                                 multi-label: how often a row with true class i was given class j; beyond
+                                 CONFUSION_DRAW_LIMIT classes, the most confused ones
+    confusion_matrix.tsv         the whole matrix, tab-separated, with class names
     reliability.png              confidence vs observed frequency per bin, before and after temperature scaling
     learning_curves.png          train and validation loss and the validation metric per epoch (training only)
 train.py writes it into save_path/report/ for the best epoch; predict.py --report into out_dir/report_<stem>/.
 Plots use matplotlib's Agg backend: no display is needed. No file here is a .csv, so an out_dir of
-predictions holds predictions CSVs only.
+predictions holds predictions CSVs only. Nothing here grows with the square of the class count but the matrix.
 """
 import json
 import os
@@ -20,6 +22,9 @@ import calibrate
 from metrics import confusion, evaluate_predictions
 
 CONFUSION_NAME_LIMIT = 40  # beyond this many classes the matrix is drawn without per-cell numbers
+# Beyond this many classes the figure shows the most confused ones only: a drawing grows with the square of the
+# class count (1,000 classes drawn whole needed more memory than a laptop has); the whole matrix goes to a file.
+CONFUSION_DRAW_LIMIT = 40
 
 
 def _pyplot():
@@ -37,8 +42,28 @@ def _save_png(fig, path: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- plots
+def most_confused(matrix: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k classes with the most mistakes (as the true class or as the predicted one), in id order."""
+    errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
+    return np.sort(np.argsort(-errors, kind="stable")[:k])
+
+
+def write_confusion_table(matrix: np.ndarray, names: list, path: str) -> None:
+    """The whole matrix, tab-separated (a .tsv, so that an out_dir's .csv files stay predictions only)."""
+    from checkpoint import atomic_path
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write("true \\ predicted\t" + "\t".join(names) + "\n")
+            for name, row in zip(names, matrix):
+                f.write(name + "\t" + "\t".join(map(str, row.tolist())) + "\n")
+
+
 def plot_confusion(matrix: np.ndarray, names: list, path: str, title: str) -> None:
     plt = _pyplot()
+    if len(names) > CONFUSION_DRAW_LIMIT:
+        keep = most_confused(matrix, CONFUSION_DRAW_LIMIT)
+        title = f"{title} ({len(keep)} most confused of {len(names)} classes; all in confusion_matrix.tsv)"
+        matrix, names = matrix[np.ix_(keep, keep)], [names[i] for i in keep]
     n = len(names)
     size = max(4.5, 0.45 * n + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
@@ -116,8 +141,9 @@ def write_report(folder: str, probs: np.ndarray, labels: list, names: list, mult
     y = result["y"]
     write_atomic(os.path.join(folder, "classification_report.txt"), result["text"].encode("utf-8"))
     kind = "co-occurrence of true and predicted classes" if multi_label else "confusion matrix"
-    plot_confusion(confusion(y, result["pred"], len(names), multi_label), names,
-                   os.path.join(folder, "confusion_matrix.png"), f"{title}: {kind}" if title else kind)
+    matrix = confusion(y, result["pred"], len(names), multi_label)
+    write_confusion_table(matrix, names, os.path.join(folder, "confusion_matrix.tsv"))
+    plot_confusion(matrix, names, os.path.join(folder, "confusion_matrix.png"), f"{title}: {kind}" if title else kind)
     curves = {}
     if raw_probs is not None:
         curves["before temperature scaling"] = calibrate.expected_calibration_error(raw_probs, y, multi_label)

@@ -5,9 +5,10 @@ state.pt: the unwrapped model, optimizer, scheduler and gradient scaler, the pos
 to run and how many of its batches are done), best metric, early-stopping counter, history, and the RNG
 states (python, numpy, torch CPU and CUDA) of every rank. Rank 0 writes it into a hidden temporary folder and
 renames that into place, so a folder named step-* is always whole; the last KEEP of them are kept. It is read
-with torch.load(weights_only=True) only: no pickled code ever runs.
+with torch.load(weights_only=True) only: no pickled code ever runs. A SHA-256 of state.pt is saved beside it;
+--resume auto passes over a damaged or half-copied newest checkpoint to the previous one, and says so.
 
-SIGUSR1 or SIGTERM only raise a flag. The loop looks at it after each optimizer update; the ranks agree on it
+SIGUSR1, SIGTERM or a first Ctrl-C (SIGINT) only raise a flag. The loop looks at it after each optimizer update; the ranks agree on it
 (one tiny all-reduce), so all of them stop after the same update, save, and exit with PREEMPTED_EXIT, which
 the batch scripts in slurm/ turn into `scontrol requeue`.
 """
@@ -18,6 +19,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -29,8 +31,10 @@ import torch.distributed as dist
 from config import InputError
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: "try again later", what a preempted run is
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 KEEP = 2
 STATE_FILE = "state.pt"
+HASH_FILE = "state.pt.sha256"  # written before the folder is committed: a damaged or half-copied state is refused
 STEP_RE = re.compile(r"^step-(\d+)$")
 # Options that may change between a run and its resumption without changing what is computed.
 MAY_CHANGE = {"resume", "save_every", "log_every", "num_workers", "device", "parallel", "parallel_mode"}
@@ -102,9 +106,15 @@ def save_resumable(save_path: str, run, model, optimizer, scheduler, scaler, pro
                  "config": dataclasses.asdict(cfg)}
         name = f"step-{progress.updates:06d}"
         tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=root)
-        from checkpoint import atomic_path
-        with atomic_path(os.path.join(tmp, STATE_FILE)) as part:
-            torch.save(state, part)
+        from checkpoint import atomic_path, sha256_file
+        try:
+            with atomic_path(os.path.join(tmp, STATE_FILE)) as part:
+                torch.save(state, part)
+            with open(os.path.join(tmp, HASH_FILE), "w", encoding="utf-8") as f:
+                f.write(sha256_file(os.path.join(tmp, STATE_FILE)) + "\n")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half-written step behind
+            raise
         final = os.path.join(root, name)
         if os.path.exists(final):  # the same step saved again (end of epoch right after --save_every)
             shutil.rmtree(final)
@@ -128,13 +138,41 @@ def find_resumable(resume: str, save_path: str):
     return resume
 
 
-def load_resumable(folder: str, cfg, run) -> dict:
-    """The saved state, after checking that it belongs to this run's settings and number of processes."""
+def read_state(folder: str) -> dict:
+    """state.pt of a step folder, after checking it against the hash saved with it; InputError if damaged."""
+    from checkpoint import sha256_file
+    path = os.path.join(folder, STATE_FILE)
     try:
-        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        with open(os.path.join(folder, HASH_FILE), encoding="utf-8") as f:
+            expected = f.read().strip()
+    except OSError:
+        expected = None  # saved before hashes were written: torch.load's own checks remain
+    if expected is not None and sha256_file(path) != expected:
+        raise InputError(f"{path}: damaged resumable checkpoint (its SHA-256 does not match the one saved with it)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged file must name itself, not end in a traceback
-        raise InputError(f"{os.path.join(folder, STATE_FILE)}: cannot read the resumable checkpoint "
-                         f"({str(e).splitlines()[0][:200]})")
+        raise InputError(f"{path}: cannot read the resumable checkpoint ({str(e).splitlines()[0][:200]})")
+
+
+def newest_readable(save_path: str, run) -> tuple:
+    """--resume auto: (folder, state) of the newest step folder that reads back whole, or (None, None) if there
+    are none; damaged ones are passed over with a warning, and if every one is damaged the run is refused."""
+    folders = step_folders(resume_root(save_path))
+    for folder in reversed(folders):
+        try:
+            return folder, read_state(folder)
+        except InputError as e:
+            run.print(f"warning: {e}; trying the previous one", file=sys.stderr)
+    if folders:
+        raise InputError(f"--resume auto: every resumable checkpoint in {resume_root(save_path)} is damaged; "
+                         "remove that folder to start afresh")
+    return None, None
+
+
+def load_resumable(folder: str, cfg, run, state: dict = None) -> dict:
+    """The saved state, after checking that it belongs to this run's settings and number of processes."""
+    state = read_state(folder) if state is None else state
     saved, now = state["config"], dataclasses.asdict(cfg)
     changed = sorted(k for k in now if k not in MAY_CHANGE and k in saved and saved[k] != now[k])
     if changed:
@@ -148,12 +186,16 @@ def load_resumable(folder: str, cfg, run) -> dict:
 
 def start_or_resume(cfg, run, model, optimizer, scheduler, scaler) -> Progress:
     """Restore what --resume names into the objects given and this rank's RNG; or start afresh."""
-    folder = find_resumable(cfg.resume, cfg.save_path) if cfg.resume else None
+    folder = state = None
+    if cfg.resume == "auto":
+        folder, state = newest_readable(cfg.save_path, run)
+    elif cfg.resume:
+        folder = find_resumable(cfg.resume, cfg.save_path)
     if folder is None:
         if run.is_main:  # a fresh series: older step folders would otherwise pass for this run's newest
             shutil.rmtree(resume_root(cfg.save_path), ignore_errors=True)
         return Progress()
-    state = load_resumable(folder, cfg, run)
+    state = load_resumable(folder, cfg, run, state)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -176,14 +218,18 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # the second Ctrl-C stops at once (KeyboardInterrupt): files stay whole
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.stderr.write("\nCtrl-C: finishing this step and saving a resumable checkpoint "
+                             "(Ctrl-C again stops at once)\n")
 
     @contextlib.contextmanager
     def installed(self):
-        """Catch SIGUSR1 and SIGTERM while training; put the previous handlers back afterwards."""
+        """Catch SIGUSR1, SIGTERM and SIGINT while training; put the previous handlers back afterwards."""
         if threading.current_thread() is not threading.main_thread():  # only the main thread may catch signals
             yield self
             return
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGUSR1, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)}
         try:
             yield self
         finally:

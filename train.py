@@ -10,8 +10,11 @@
 Everything is checked before the first step; problems are printed one per line with file, row and column,
 and the exit code is 2. The best epoch (by --metric) is saved to --save_path, which predict.py reads.
 SIGUSR1 or SIGTERM (a cluster's preemption or time limit) make it finish the current step, save a resumable
-checkpoint in --save_path/resume/ and exit with code 75; --resume auto then continues where it stopped.
+checkpoint in --save_path/resume/ and exit with code 75; Ctrl-C does the same and exits 130 (a second Ctrl-C stops
+at once); --resume auto then continues where it stopped. A run that diverges or cannot write (disk full) stops with
+one line and exit code 3, the last complete model in place. One run at a time writes a --save_path (a lock file).
 """
+import math
 import os
 import random
 import sys
@@ -22,14 +25,14 @@ import numpy as np
 import torch
 
 import engine
-from config import Config, InputError, build_parser, config_from_args, resolve_model_path, run_cli
-from checkpoint import save_model, write_json
+from config import Config, InputError, RunFault, build_parser, config_from_args, resolve_model_path, run_cli
+from checkpoint import FolderLock, model_in_place, save_model, write_json, writing
 from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler,
                      check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_csv,
                      stratified_split, tokenize)
 from losses import make_loss
 from metrics import compute_metrics, is_better
-from resume import PREEMPTED_EXIT, Progress, StopRequest, save_resumable, start_or_resume
+from resume import INTERRUPTED_EXIT, PREEMPTED_EXIT, Progress, StopRequest, save_resumable, start_or_resume
 from runtime import Run, cleanup_run, launch_local_workers, local_worker_count, setup_run, unwrap
 
 OOM_ERRORS = (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (torch.cuda.OutOfMemoryError,)
@@ -89,11 +92,18 @@ def seed_everything(seed: int) -> None:
 def main(argv=None) -> int:
     cfg = parse_config(argv)
     check_options(cfg)
-    if workers := local_worker_count(cfg.parallel and cfg.parallel_mode == "ddp", cfg.device):
+    workers = local_worker_count(cfg.parallel and cfg.parallel_mode == "ddp", cfg.device)
+    if workers:
         load_data(cfg)  # bad files are reported once, here, not once per worker
-        return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
-    with StopRequest().installed() as stop:
-        return train(cfg, stop)
+    # one writer per save_path: this process, or the launcher of this process's ranks, holds the lock
+    with FolderLock(cfg.save_path, held_by_parent=os.environ.get("RANK", "0") != "0"):
+        if workers:
+            return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
+        try:
+            with StopRequest().installed() as stop:
+                return train(cfg, stop)
+        except RunFault as e:  # the run cannot go on: say what the user still has
+            raise RunFault(f"{e}; {model_in_place(cfg.save_path)}")
 
 
 def train(cfg: Config, stop: StopRequest) -> int:
@@ -120,18 +130,20 @@ def train(cfg: Config, stop: StopRequest) -> int:
             break
         stats = training.train_epoch(epoch)
         if stop.stopping:
-            return stopped(run, f"stopped after update {progress.updates}, resumable checkpoint in "
-                                f"{cfg.save_path}/resume")
+            return stopped(run, stop, f"stopped after update {progress.updates}, resumable checkpoint in "
+                                      f"{cfg.save_path}/resume")
         logits = engine.evaluate(training.model, valid_loader, run, len(valid_set))
         record = score_epoch(training, epoch, stats, logits, valid_data.labels, len(names))
         improved = keep_if_best(training, record, logits)
         print_epoch(run, record, improved)
         if improved and run.is_main:
             save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
-        training.end_epoch(epoch)
+        with writing(cfg.save_path):
+            training.end_epoch(epoch)
         if stop.stopping:
-            return stopped(run, f"stopped after epoch {epoch}")
-    finish(cfg, run, progress, valid_data.labels, names)
+            return stopped(run, stop, f"stopped after epoch {epoch}")
+    with writing(cfg.save_path):
+        finish(cfg, run, progress, valid_data.labels, names)
     return 0
 
 
@@ -247,6 +259,9 @@ class Training:
                     self.run, self.cfg.gradient_accumulation_steps * self.parts, self.cfg.max_grad_norm,
                     self.cfg.log_every, f"epoch {epoch}/{self.cfg.n_epochs}", self.after_update)
                 break
+            except engine.Diverged:
+                raise RunFault(diverged(self.cfg, self.run, f"update {self.progress.updates} of epoch {epoch}",
+                                        "the training loss or gradient norm is not finite"))
             except OOM_ERRORS:
                 if self.run.world_size > 1:
                     raise  # the other ranks cannot be told to re-split their batches: stop rather than hang
@@ -293,8 +308,21 @@ class Training:
             self.save_resumable()
 
     def save_resumable(self) -> None:
-        save_resumable(self.cfg.save_path, self.run, unwrap(self.model), self.optimizer, self.scheduler, self.scaler,
-                       self.progress, self.cfg)
+        """A resumable checkpoint, never of a model that diverged since the last look at the loss."""
+        if not all(torch.isfinite(p).all() for p in unwrap(self.model).parameters()):
+            raise RunFault(diverged(self.cfg, self.run, f"update {self.progress.updates}", "the weights are not "
+                                    "finite"))
+        with writing(self.cfg.save_path):
+            save_resumable(self.cfg.save_path, self.run, unwrap(self.model), self.optimizer, self.scheduler,
+                           self.scaler, self.progress, self.cfg)
+
+
+def diverged(cfg: Config, run: Run, where: str, what: str) -> str:
+    """The one line of a diverged run: where, and the likely causes."""
+    fp16 = ", or fp16 without a working gradient scaler (try --precision bf16 or fp32)" if run.precision == "fp16" \
+        else ""
+    return (f"training diverged at {where}: {what}; likely a learning rate too high (--lr_main {cfg.lr_main}, "
+            f"--lr {cfg.lr}){fp16}. Nothing of this run after the last good epoch was saved")
 
 
 def print_startup(cfg: Config, run: Run, training: Training, model_path: str, train_data, valid_data, names: list,
@@ -335,6 +363,9 @@ def print_epoch(run: Run, record: dict, improved: bool) -> None:
 def keep_if_best(training: Training, record: dict, logits: torch.Tensor) -> bool:
     """Whether this epoch beats the best so far (then remembered with its logits)."""
     progress, cfg = training.progress, training.cfg
+    if not math.isfinite(record["valid_loss"]):  # never the best epoch, never saved
+        raise RunFault(diverged(cfg, training.run, f"the validation of epoch {record['epoch']}",
+                                f"the validation loss is {record['valid_loss']}"))
     value = record[f"valid_{cfg.metric}"]
     improved = is_better(cfg.metric, value, progress.best)
     if improved:
@@ -344,11 +375,13 @@ def keep_if_best(training: Training, record: dict, logits: torch.Tensor) -> bool
     return improved
 
 
-def stopped(run: Run, what: str) -> int:
-    """A preemption signal arrived: say where training stopped and how to go on."""
-    run.print(f"preemption signal: {what}; continue with --resume auto")
+def stopped(run: Run, stop: StopRequest, what: str) -> int:
+    """A stop signal arrived: say where training stopped and how to go on. Ctrl-C exits 130, as an interrupted
+    command does; a cluster's signals exit PREEMPTED_EXIT, which slurm/ scripts requeue."""
+    ctrl_c = stop.signal == "SIGINT"
+    run.print(f"{'Ctrl-C' if ctrl_c else 'preemption signal'}: {what}; continue with --resume auto")
     cleanup_run()
-    return PREEMPTED_EXIT
+    return INTERRUPTED_EXIT if ctrl_c else PREEMPTED_EXIT
 
 
 def finish(cfg: Config, run: Run, progress: Progress, labels: list, names: list) -> None:
