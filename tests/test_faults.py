@@ -241,3 +241,29 @@ def test_a_thousand_classes_train_calibrate_and_report_within_a_laptops_memory(t
         table = f.read().splitlines()
     assert len(table) == 1001 and len(table[1].split("\t")) == 1001
     assert os.path.getsize(os.path.join(save, "report", "confusion_matrix.png")) < 2_000_000
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lock_from_another_node(tiny_task, monkeypatch):
+    import train
+    os.makedirs(tiny_task["save"])
+    with open(os.path.join(tiny_task["save"], "train.lock"), "w", encoding="utf-8") as f:
+        json.dump({"host": "node-03", "pid": 99, "job": "777", "started": "2026-12-02 10:00:00"}, f)
+    monkeypatch.setenv("SLURM_JOB_ID", "778")  # another job: refused
+    code, _, err = call(train.main, train_args(tiny_task, "--n_epochs", "1"))
+    assert code == 2 and "pid 99 on node-03" in one_line(err), err
+    monkeypatch.setenv("SLURM_JOB_ID", "777")  # the same job after a requeue: its earlier self is gone
+    code, out, err = call(train.main, train_args(tiny_task, "--n_epochs", "1"))
+    assert code == 0 and "taking over the lock" in out + err, err
+
+
+def test_many_class_confusion_is_exact_and_the_figure_keeps_the_most_confused():
+    import numpy as np
+
+    from metrics import confusion
+    from report import most_confused
+    rng = np.random.default_rng(0)
+    y, pred = (rng.random((300, 400)) < 0.01).astype(int), (rng.random((300, 400)) < 0.02).astype(int)
+    assert (confusion(y, pred, 400, True) == y.T @ pred).all()
+    matrix = np.diag(np.full(100, 50))
+    matrix[7, 3], matrix[90, 91] = 9, 4  # the only mistakes
+    assert set(most_confused(matrix, 4)) == {3, 7, 90, 91}
