@@ -26,7 +26,7 @@ import torch
 
 from calibrate import decide, probabilities
 from checkpoint import atomic_path, load_model, sha256_file, write_json
-from config import PREDICT_BATCH_SIZE, Config, InputError, build_parser, run_cli
+from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, run_cli
 from dataset import Collator, EncodedDataset, has_column, iter_predict_file, load_label_map, load_labelled_csv, tokenize
 from runtime import cleanup_run, launch_local_workers, local_worker_count, setup_run
 
@@ -185,6 +185,9 @@ def main(argv=None) -> int:
                 print(f"error: {e}", file=sys.stderr)
             failed.append(name)
             continue
+        except OSError as e:  # a full disk: no later file would fare better; what is written is whole
+            raise RunFault(f"{e.filename or dst}: cannot write ({e.strerror or e}); the predictions written before "
+                           f"it are complete, and a rerun skips them")
         for key in totals:
             totals[key] += stats[key]
         state.mark_done(name, src, out_name, run)

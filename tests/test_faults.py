@@ -267,3 +267,20 @@ def test_many_class_confusion_is_exact_and_the_figure_keeps_the_most_confused():
     matrix = np.diag(np.full(100, 50))
     matrix[7, 3], matrix[90, 91] = 9, 4  # the only mistakes
     assert set(most_confused(matrix, 4)) == {3, 7, 90, 91}
+
+
+def test_predict_on_a_full_disk_is_one_line_exit_3(tiny_task):
+    import train
+    code, _, err = call(train.main, train_args(tiny_task, "--n_epochs", "1"))
+    assert code == 0, err
+    limit = 300  # bytes per file: the first predictions CSV cannot be written whole
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    out_dir = tiny_task["dir"] / "preds"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "predict.py"), "-f", tiny_task["inputs"], "-d",
+                           tiny_task["classes"], "--save_path", tiny_task["save"], "--out_dir", str(out_dir)],
+                          capture_output=True, text=True, preexec_fn=small_files, cwd=ROOT)
+    assert done.returncode == 3 and "cannot write (File too large)" in one_line(done.stderr), done.stderr
+    assert not [n for n in os.listdir(out_dir) if n.endswith(".csv")]  # no half-written predictions
