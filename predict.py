@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -90,6 +91,59 @@ def predict_sharded(model, tokenizer, texts: list, cfg: Config, run, temperature
     return np.concatenate(shares)
 
 
+# ------------------------------------------------------------------------------------------------ Python API
+@dataclass
+class Predictions:
+    """What `Classifier.predict` returns: calibrated probabilities (rows x classes, in `classes` order) and the
+    chosen labels (names; multi-label: a list of names per row, thresholds and fallback applied)."""
+    probabilities: np.ndarray
+    labels: list
+
+
+class Classifier:
+    """A model folder of train.py, ready to predict from Python with the numbers predict.py writes:
+
+        clf = predict.load_classifier("saved_model")
+        out = clf.predict(["I love it", "This is awful"])
+        out.probabilities, out.labels, clf.classes
+    """
+
+    def __init__(self, model, tokenizer, cfg: Config, classes: list, extra: dict, run):
+        self.model, self.tokenizer, self.cfg, self.classes, self.extra, self.run = \
+            model, tokenizer, cfg, classes, extra, run
+
+    def predict(self, texts: list, texts2: list = None, batch_size: int = None) -> Predictions:
+        """Predictions for `texts` (pairs with texts2, for a model trained with --text_col2), in input order;
+        batches are sorted by length inside."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if bool(self.cfg.text_col2) != (texts2 is not None):
+            raise InputError("this model reads pairs of texts: pass texts2" if self.cfg.text_col2 else
+                             "this model reads single texts: texts2 must be None")
+        if texts2 is not None and len(texts2) != len(texts):
+            raise InputError(f"texts2 has {len(texts2)} entries for {len(texts)} texts")
+        probs = predict_probabilities(self.model, self.tokenizer, list(texts), self.cfg.max_length,
+                                      batch_size or self.cfg.batch_size, self.run, self.cfg.multi_label,
+                                      self.extra.get("temperature", 1.0), texts2=texts2)
+        chosen = decide(probs, self.cfg.multi_label, self.extra.get("thresholds"), self.cfg.allow_empty)
+        if self.cfg.multi_label:
+            labels = [[self.classes[j] for j in np.flatnonzero(row)] for row in chosen]
+        else:
+            labels = [self.classes[j] for j in chosen]
+        return Predictions(probs, labels)
+
+
+def load_classifier(save_path: str = "saved_model", device: str = "auto", precision: str = "auto",
+                    batch_size: int = PREDICT_BATCH_SIZE, allow_empty: bool = False) -> Classifier:
+    """The model in `save_path` (checked against its manifest) on `device` in `precision`, as predict.py's flags
+    choose them."""
+    run = setup_run(device, precision)
+    model, tokenizer, cfg, classes, extra = load_model(save_path, run.device)
+    cfg.batch_size, cfg.allow_empty = batch_size, allow_empty
+    return Classifier(model, tokenizer, cfg, classes, extra, run)
+
+
+# ------------------------------------------------------------------------------------------------ the folder
 def output_names(files: list) -> dict:
     """input file -> predictions file name: stem.csv, or stem.txt.csv when a .csv of the same stem exists."""
     stems = {}

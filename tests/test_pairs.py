@@ -100,6 +100,10 @@ def test_pairs_train_and_predict_with_both_columns_in_the_predictions(tiny_bert,
     # the same sentence asked about two emotions gets two answers' probabilities, not one
     model_out = {tuple(r[:2]): float(r[4]) for r in rows[1:]}
     assert len(set(model_out.values())) > 1
+    # the Python API reads the pair the same way
+    out = predict.load_classifier(save).predict([r[0] for r in rows[1:]], [r[1] for r in rows[1:]])
+    assert abs(out.probabilities[:, 1] - [float(r[4]) for r in rows[1:]]).max() < 1e-6
+    assert out.labels == [r[2] for r in rows[1:]]
 
 
 def test_a_pair_model_refuses_txt_inputs_and_a_missing_second_column(tiny_bert, tmp_path):
