@@ -110,6 +110,14 @@ class Config:
                             "(default: the most probable class)", group="predict")
     report: bool = opt(False, "for input CSVs that have the label column: write accuracy, per-class report, "
                        "confusion matrix and reliability diagram into out_dir/report_<file stem>/", group="predict")
+    # export (export.py)
+    format: str = opt("onnx", "what export.py writes: onnx (the whole classifier as one ONNX graph, for onnxruntime)",
+                      choices=("onnx",), group="export")
+    out: str = opt("exported", "folder export.py writes (replaced whole, only by another export)", group="export")
+    quantize: str = opt("none", "none, or int8: also write onnxruntime's dynamic int8 quantisation of the graph",
+                        choices=("none", "int8"), group="export")
+    check: str = opt("", "a labelled CSV: export.py prints accuracy and macro-F1 of PyTorch and each ONNX graph on "
+                     "it, and checks their probabilities on its texts", group="export")
 
 
 def str2bool(value: str) -> bool:
@@ -206,7 +214,8 @@ def options_markdown() -> str:
     lines = ["| option | used by | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(Config):
         flags = ", ".join(f"`{x}`" for x in (f.metadata["flags"] or (f"--{f.name}",)))
-        used_by = {"train": "train.py", "predict": "predict.py", "both": "both"}[f.metadata["group"]]
+        used_by = {"train": "train.py", "predict": "predict.py", "both": "both",
+                   "export": "export.py"}[f.metadata["group"]]
         lines.append(f"| {flags} | {used_by} | `{f.default if f.default != '' else chr(34) * 2}` | "
                      f"{f.metadata['help']} |")
     return "\n".join(lines)

@@ -1,0 +1,187 @@
+"""Export a model trained by train.py, to serve it without PyTorch or this tool.
+
+    python export.py --save_path saved_model --format onnx --out exported/
+    python export.py --save_path saved_model --out exported/ --quantize int8 --check data/dev.csv
+
+--format onnx writes the whole classifier (encoder, pooling, head: logits out) as one ONNX graph, model.onnx, with
+dynamic batch and sequence axes and only the inputs the model takes (input_ids, attention_mask, and token_type_ids
+where the encoder reads them). --quantize int8 adds model.int8.onnx, onnxruntime's dynamic int8 quantisation of
+it. The folder also holds the tokenizer, classes.json, calibration.json, train_config.json and export.json (the
+inputs, and the parity measured). Every export checks itself before it is written under its final name: the
+probabilities of each graph against PyTorch fp32 on a set of sentences (fp32 must agree within 1e-4), and with
+--check the accuracy and macro-F1 of PyTorch, ONNX fp32 and ONNX int8 side by side. Needs onnx, onnxruntime and
+onnxscript (pip install onnx onnxruntime onnxscript; requirements-dev.txt has them).
+"""
+import json
+import os
+import shutil
+import tempfile
+import warnings
+
+import numpy as np
+
+from config import Config, InputError, RunFault, build_parser, config_from_args, run_cli
+
+FP32_TOLERANCE = 1e-4
+# Parity sentences when no --check file is given: short and long, plain and odd (digits, emoji, accents).
+PARITY_TEXTS = ["ok", "I love this so much!", "This is the worst day of my life and nothing helps.",
+                "meh", "Wow, 10/10 would recommend 😀", "Je ne sais pas, c'est bizarre.",
+                "I'm not sure how I feel about the ending; it was sad, but also kind of hopeful in a way. " * 3,
+                "thanks", "WHY would anyone do that???", "The meeting is at 3pm in room 204."]
+COPIED = ("tokenizer", "classes.json", "calibration.json", "train_config.json")
+
+
+def parse_export_config(argv=None) -> Config:
+    parser = build_parser("export.py", ("export",), __doc__.split("\n\n")[0])
+    parser.add_argument("--save_path", default=Config.save_path, help="model folder written by train.py")
+    return config_from_args(parser.parse_args(argv))
+
+
+def main(argv=None) -> int:
+    cfg = parse_export_config(argv)
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise InputError(f"export.py needs onnx and onnxruntime ({e.name} is missing): "
+                         "pip install onnx onnxruntime onnxscript")
+    from checkpoint import load_model
+    from runtime import setup_run
+    run = setup_run("cpu", "fp32")  # the reference the graphs are checked against
+    model, tokenizer, trained, names, extra = load_model(cfg.save_path, run.device)
+    trained.batch_size = 32
+    texts, texts2, labels = parity_set(cfg, trained, names)
+    out = os.path.abspath(cfg.out)
+    if os.path.exists(out) and not os.path.isfile(os.path.join(out, "export.json")):
+        raise InputError(f"--out {cfg.out}: the folder exists and is not an earlier export; choose another --out")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+    try:
+        report = build_export(stage, cfg, model, tokenizer, trained, names, extra, run, texts, texts2, labels)
+        replace_folder(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    print(f"exported to {cfg.out}: " + ", ".join(report["graphs"]))
+    return 0
+
+
+def parity_set(cfg: Config, trained: Config, names: list) -> tuple:
+    """(texts, texts2 or None, labels or None): --check's rows, else PARITY_TEXTS (paired with themselves
+    reversed for a pair model)."""
+    if cfg.check:
+        from dataset import load_labelled_csv
+        data = load_labelled_csv(cfg.check, trained.text_col, trained.label_col, names, trained.multi_label,
+                                 trained.text_col2)
+        return data.texts, data.texts2, data.labels
+    return PARITY_TEXTS, (PARITY_TEXTS[::-1] if trained.text_col2 else None), None
+
+
+def build_export(stage, cfg, model, tokenizer, trained, names, extra, run, texts, texts2, labels) -> dict:
+    """Write every file of the export into `stage`, after checking each graph; returns what export.json says."""
+    import predict
+    reference = predict.predict_probabilities(model, tokenizer, texts, trained.max_length, 32, run,
+                                              trained.multi_label, extra.get("temperature", 1.0), texts2=texts2)
+    inputs = export_graph(model, tokenizer, os.path.join(stage, "model.onnx"))
+    graphs = {"model.onnx": "fp32"}
+    if cfg.quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        quantize_dynamic(os.path.join(stage, "model.onnx"), os.path.join(stage, "model.int8.onnx"),
+                         weight_type=QuantType.QInt8)
+        graphs["model.int8.onnx"] = "int8"
+    report = {"format": "onnx", "inputs": inputs, "graphs": {}, "rows_checked": len(texts)}
+    scores = {"pytorch fp32": reference}
+    for name, kind in graphs.items():
+        probs = onnx_probabilities(os.path.join(stage, name), tokenizer, texts, texts2, trained, extra, inputs)
+        diff = float(np.abs(probs - reference).max())
+        agree = float((probs.argmax(1) == reference.argmax(1)).mean())
+        print(f"{name} ({kind}): max |probability difference| vs PyTorch fp32 {diff:.2e} on {len(texts)} texts, "
+              f"top class agrees on {agree:.1%}")
+        if kind == "fp32" and diff > FP32_TOLERANCE:
+            raise RunFault(f"{name}: the exported graph differs from PyTorch by {diff:.2e} (more than "
+                           f"{FP32_TOLERANCE}); nothing was written")
+        report["graphs"][name] = {"precision": kind, "max_abs_difference": diff, "top_class_agreement": agree}
+        scores[f"onnx {kind}"] = probs
+    if labels is not None:
+        print_scores(scores, labels, names, trained, extra)
+    for name in COPIED:
+        src = os.path.join(cfg.save_path, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(stage, name))
+    with open(os.path.join(stage, "export.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def export_graph(model, tokenizer, path: str) -> list:
+    """The classifier as one ONNX graph at `path` (logits out); returns its input names."""
+    import onnx
+    import torch
+
+    from model import takes_token_types
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if takes_token_types(model.encoder, tokenizer)
+                                                else [])
+
+    class Logits(torch.nn.Module):  # positional inputs, in `inputs` order, as the exporter wants them
+        def __init__(self, classifier):
+            super().__init__()
+            self.classifier = classifier
+
+        def forward(self, *tensors):
+            return self.classifier(**dict(zip(inputs, tensors)))
+    example = tokenizer(["a first example", "and a second, longer example sentence"], ["b", "c"] if len(inputs) > 2
+                        else None, padding=True, return_tensors="pt")
+    axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on constants: the parity check below is the judge
+        torch.onnx.export(Logits(model.eval()), tuple(example[n] for n in inputs), path, input_names=inputs,
+                          output_names=["logits"], dynamic_axes={**axes, "logits": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    onnx.checker.check_model(path)
+    return inputs
+
+
+def onnx_probabilities(path, tokenizer, texts, texts2, trained, extra, inputs) -> np.ndarray:
+    """Calibrated probabilities of an ONNX graph, with predict.py's tokenisation and length-sorted batches."""
+    import onnxruntime
+
+    from calibrate import probabilities
+    from dataset import Collator, EncodedDataset, tokenize
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    ids, types = tokenize(tokenizer, texts, trained.max_length, texts2, "token_type_ids" in inputs)
+    if "token_type_ids" in inputs and types is None:
+        types = [[0] * len(x) for x in ids]
+    dataset, collate = EncodedDataset(ids, token_type_ids=types), Collator(tokenizer.pad_token_id or 0)
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    out = None
+    for start in range(0, len(order), 32):
+        rows = order[start:start + 32]
+        batch = collate([dataset[int(i)] for i in rows])
+        logits = session.run(["logits"], {n: batch[n].numpy() for n in inputs})[0]
+        probs = probabilities(logits.astype(np.float64), trained.multi_label, extra.get("temperature", 1.0))
+        out = np.zeros((len(texts), probs.shape[1])) if out is None else out
+        out[rows] = probs
+    return out
+
+
+def print_scores(scores: dict, labels: list, names: list, trained, extra) -> None:
+    from metrics import evaluate_predictions
+    print("on --check:  " + " | ".join(
+        f"{what}: accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f}" for what, r in
+        ((what, evaluate_predictions(p, labels, names, trained.multi_label, extra.get("thresholds")))
+         for what, p in scores.items())))
+
+
+def replace_folder(stage: str, out: str) -> None:
+    """Put `stage` in place of `out` (an earlier export, or nothing) by renames: never half an export there."""
+    old = None
+    if os.path.exists(out):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.", dir=os.path.dirname(out))
+        os.rmdir(old)
+        os.rename(out, old)
+    os.rename(stage, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    run_cli(main)

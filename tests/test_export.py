@@ -1,0 +1,80 @@
+"""export.py: the whole classifier as one ONNX graph (fp32, and int8 with --quantize), checked against PyTorch
+before it is written under its final name."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from conftest import NAMES, call, make_rows, train_tiny, write_csv
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_bert, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    save, classes, _ = train_tiny(folder, tiny_bert, 90, 2)
+    check = write_csv(folder / "check.csv", make_rows(30, seed=9))
+    return {"dir": folder, "save": save, "check": check}
+
+
+def test_onnx_export_fp32_and_int8_agree_with_pytorch_and_hold_everything_needed(trained, capsys):
+    import onnxruntime
+
+    import export
+    import predict
+    out = str(trained["dir"] / "exported")
+    code, stdout, err = call(export.main, ["--save_path", trained["save"], "--out", out, "--quantize", "int8",
+                                           "--check", trained["check"]])
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["calibration.json", "classes.json", "export.json", "model.int8.onnx",
+                                       "model.onnx", "tokenizer", "train_config.json"]
+    with open(os.path.join(out, "export.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    assert report["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]  # BERT reads segment ids
+    assert report["graphs"]["model.onnx"]["max_abs_difference"] < 1e-4
+    assert "pytorch fp32: accuracy" in stdout and "onnx int8: accuracy" in stdout
+    # the graph, run by onnxruntime on new sentences of other lengths and batch sizes, gives predict's numbers
+    texts = [t for t, _ in make_rows(5, seed=11)]
+    clf = predict.load_classifier(trained["save"], device="cpu", precision="fp32")
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(os.path.join(out, "tokenizer"))
+    got = export.onnx_probabilities(os.path.join(out, "model.onnx"), tokenizer, texts, None, clf.cfg, clf.extra,
+                                    report["inputs"])
+    np.testing.assert_allclose(got, clf.predict(texts).probabilities, atol=1e-5)
+    session = onnxruntime.InferenceSession(os.path.join(out, "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == report["inputs"]
+
+
+def test_an_export_that_differs_from_pytorch_is_not_written(trained, monkeypatch):
+    import export
+    out = str(trained["dir"] / "bad_export")
+    real = export.onnx_probabilities
+    monkeypatch.setattr(export, "onnx_probabilities", lambda *a: real(*a) + 1e-3)  # as a broken graph would
+    code, _, err = call(export.main, ["--save_path", trained["save"], "--out", out])
+    assert code == 3 and "differs from PyTorch by 1.00e-03" in err and not os.path.exists(out), err
+    assert not [n for n in os.listdir(trained["dir"]) if n.startswith(".bad_export")]  # staging removed
+
+
+def test_export_refuses_to_replace_a_folder_that_is_not_an_export(trained):
+    import export
+    out = trained["dir"] / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me", encoding="utf-8")
+    code, _, err = call(export.main, ["--save_path", trained["save"], "--out", str(out)])
+    assert code == 2 and "is not an earlier export" in err and (out / "notes.txt").exists()
+
+
+def test_a_pair_model_exports_with_both_texts(tiny_bert, tmp_path):
+    import export
+    from test_pairs import pair_rows
+    from conftest import write_classes
+    import train
+    classes = write_classes(tmp_path / "yesno.json", ["no", "yes"])
+    data = write_csv(tmp_path / "pairs.csv", pair_rows(60), header=("sentence", "emotion", "answer"))
+    save = str(tmp_path / "model")
+    code, _, err = call(train.main, ["-d", classes, "--train_path", data, "--bert_name", tiny_bert, "--save_path",
+                                     save, "--n_epochs", "1", "--max_length", "32", "--text_col", "sentence",
+                                     "--text_col2", "emotion", "--label_col", "answer"])
+    assert code == 0, err
+    code, out, err = call(export.main, ["--save_path", save, "--out", str(tmp_path / "exp"), "--check", data])
+    assert code == 0 and "model.onnx (fp32)" in out, err
