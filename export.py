@@ -92,7 +92,8 @@ def build_export(stage, cfg, model, tokenizer, trained, names, extra, run, texts
     report = {"format": "onnx", "inputs": inputs, "graphs": {}, "rows_checked": len(texts)}
     scores = {"pytorch fp32": reference}
     for name, kind in graphs.items():
-        probs = onnx_probabilities(os.path.join(stage, name), tokenizer, texts, texts2, trained, extra, inputs)
+        probs = onnx_probabilities(os.path.join(stage, name), tokenizer, texts, texts2, trained, extra, inputs,
+                                   len(names))
         diff = float(np.abs(probs - reference).max())
         agree = float((probs.argmax(1) == reference.argmax(1)).mean())
         print(f"{name} ({kind}): max |probability difference| vs PyTorch fp32 {diff:.2e} on {len(texts)} texts, "
@@ -140,27 +141,14 @@ def export_graph(model, tokenizer, path: str) -> list:
     return inputs
 
 
-def onnx_probabilities(path, tokenizer, texts, texts2, trained, extra, inputs) -> np.ndarray:
-    """Calibrated probabilities of an ONNX graph, with predict.py's tokenisation and length-sorted batches."""
-    import onnxruntime
-
-    from calibrate import probabilities
-    from dataset import Collator, EncodedDataset, tokenize
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    ids, types = tokenize(tokenizer, texts, trained.max_length, texts2, "token_type_ids" in inputs)
-    if "token_type_ids" in inputs and types is None:
-        types = [[0] * len(x) for x in ids]
-    dataset, collate = EncodedDataset(ids, token_type_ids=types), Collator(tokenizer.pad_token_id or 0)
-    order = np.argsort([len(x) for x in ids], kind="stable")
-    out = None
-    for start in range(0, len(order), 32):
-        rows = order[start:start + 32]
-        batch = collate([dataset[int(i)] for i in rows])
-        logits = session.run(["logits"], {n: batch[n].numpy() for n in inputs})[0]
-        probs = probabilities(logits.astype(np.float64), trained.multi_label, extra.get("temperature", 1.0))
-        out = np.zeros((len(texts), probs.shape[1])) if out is None else out
-        out[rows] = probs
-    return out
+def onnx_probabilities(path, tokenizer, texts, texts2, trained, extra, inputs, n_classes: int) -> np.ndarray:
+    """Calibrated probabilities of an ONNX graph, through predict.py's own tokenisation and length-sorted batches."""
+    import predict
+    from onnx_runner import OnnxClassifier
+    from runtime import setup_run
+    graph = OnnxClassifier(path, inputs, n_classes, trained.max_length)
+    return predict.predict_probabilities(graph, tokenizer, texts, trained.max_length, 32, setup_run("cpu", "fp32"),
+                                         trained.multi_label, extra.get("temperature", 1.0), texts2=texts2)
 
 
 def print_scores(scores: dict, labels: list, names: list, trained, extra) -> None:

@@ -86,6 +86,16 @@ class BertClassifier(nn.Module):
     def n_features(self) -> int:
         return self.classifier.in_features
 
+    @property
+    def n_classes(self) -> int:
+        return self.classifier.out_features
+
+    def takes_token_types(self, tokenizer) -> bool:
+        return takes_token_types(self.encoder, tokenizer)
+
+    def length_limit(self, tokenizer) -> tuple:
+        return max_supported_length(self.encoder, tokenizer)
+
     def sentence_vector(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         token_type_ids: torch.Tensor = None) -> torch.Tensor:
         """(batch, seq) token ids -> (batch, n_features) sentence vectors; token_type_ids only for pairs."""

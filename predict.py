@@ -55,12 +55,11 @@ def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_
     and padded per batch.
 
     `stats["tokens"]`, when given, is increased by the number of tokens read (for the tokens/s report)."""
-    from model import takes_token_types
-    ids, types = tokenize(tokenizer, texts, max_length, texts2, takes_token_types(model.encoder, tokenizer))
+    ids, types = tokenize(tokenizer, texts, max_length, texts2, model.takes_token_types(tokenizer))
     if stats is not None:
         stats["tokens"] = stats.get("tokens", 0) + sum(len(x) for x in ids)
     order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros((len(texts), model.classifier.out_features), dtype=np.float32)
+    out = np.zeros((len(texts), model.n_classes), dtype=np.float32)
     dataset = EncodedDataset(ids, token_type_ids=types)
     collate = Collator(tokenizer.pad_token_id or 0)
     for start in range(0, len(order), batch_size):
@@ -89,6 +88,15 @@ def predict_sharded(model, tokenizer, texts: list, cfg: Config, run, temperature
     shares = [None] * run.world_size
     dist.all_gather_object(shares, mine)  # rank order is input order
     return np.concatenate(shares)
+
+
+def load_any_model(folder: str, device):
+    """(model, tokenizer, cfg, names, extra) of a train.py folder (PyTorch) or of an export.py folder (run by
+    onnxruntime on the CPU: same CSVs, sorting, batching and reports)."""
+    if os.path.isfile(os.path.join(folder, "export.json")):
+        from onnx_runner import load_export
+        return load_export(folder)
+    return load_model(folder, device)
 
 
 # ------------------------------------------------------------------------------------------------ Python API
@@ -138,7 +146,7 @@ def load_classifier(save_path: str = "saved_model", device: str = "auto", precis
     """The model in `save_path` (checked against its manifest) on `device` in `precision`, as predict.py's flags
     choose them."""
     run = setup_run(device, precision)
-    model, tokenizer, cfg, classes, extra = load_model(save_path, run.device)
+    model, tokenizer, cfg, classes, extra = load_any_model(save_path, run.device)
     cfg.batch_size, cfg.allow_empty = batch_size, allow_empty
     return Classifier(model, tokenizer, cfg, classes, extra, run)
 
@@ -217,7 +225,7 @@ def main(argv=None) -> int:
     if runtime["parallel"] and run.world_size == 1:
         run.print(f"-p True: {torch.cuda.device_count()} GPU(s) on this machine, predicting in one process "
                   f"on {run.device}")
-    model, tokenizer, cfg, names, extra = load_model(runtime["save_path"], run.device)
+    model, tokenizer, cfg, names, extra = load_any_model(runtime["save_path"], run.device)
     check_label_map(names_given, names, runtime)
     for key, value in {**given, **runtime}.items():  # runtime settings and explicit overrides of the training config
         setattr(cfg, key, value)
@@ -261,8 +269,7 @@ def check_label_map(names_given: list, names: list, runtime: dict) -> None:
 
 
 def check_prediction_options(cfg: Config, model, tokenizer) -> None:
-    from model import max_supported_length  # transformers takes seconds to import: --help answers without it
-    limit, why = max_supported_length(model.encoder, tokenizer)
+    limit, why = model.length_limit(tokenizer)
     if cfg.max_length > limit:
         raise InputError(f"--max_length {cfg.max_length}: this model supports at most {limit} tokens ({why})")
     if cfg.batch_size < 1:
@@ -291,7 +298,8 @@ class DoneFiles:
                     self.done = json.load(f)
             except (OSError, ValueError):
                 self.done = {}
-        self.settings = {"model": sha256_file(os.path.join(cfg.save_path, "manifest.json")),
+        marker = "export.json" if os.path.isfile(os.path.join(cfg.save_path, "export.json")) else "manifest.json"
+        self.settings = {"model": sha256_file(os.path.join(cfg.save_path, marker)),
                          "max_length": cfg.max_length, "text_col": cfg.text_col, "text_col2": cfg.text_col2,
                          "allow_empty": cfg.allow_empty,
                          "report": cfg.report}

@@ -39,7 +39,7 @@ def test_onnx_export_fp32_and_int8_agree_with_pytorch_and_hold_everything_needed
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(out, "tokenizer"))
     got = export.onnx_probabilities(os.path.join(out, "model.onnx"), tokenizer, texts, None, clf.cfg, clf.extra,
-                                    report["inputs"])
+                                    report["inputs"], len(NAMES))
     np.testing.assert_allclose(got, clf.predict(texts).probabilities, atol=1e-5)
     session = onnxruntime.InferenceSession(os.path.join(out, "model.int8.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == report["inputs"]
@@ -78,3 +78,33 @@ def test_a_pair_model_exports_with_both_texts(tiny_bert, tmp_path):
     assert code == 0, err
     code, out, err = call(export.main, ["--save_path", save, "--out", str(tmp_path / "exp"), "--check", data])
     assert code == 0 and "model.onnx (fp32)" in out, err
+
+
+def test_predict_py_runs_an_export_with_onnxruntime_and_writes_the_same_csvs(trained, tmp_path):
+    import export
+    import predict
+    from conftest import write_classes
+    out = str(tmp_path / "exported")
+    code, _, err = call(export.main, ["--save_path", trained["save"], "--out", out])
+    assert code == 0, err
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_csv(inputs / "a.csv", make_rows(25, seed=12))  # labelled: --report runs too
+    (inputs / "b.txt").write_text("i feel happy\ni miss you\n", encoding="utf-8")
+    classes = write_classes(tmp_path / "classes.json")
+    results = {}
+    for name, folder in (("torch", trained["save"]), ("onnx", out)):
+        code, stdout, err = call(predict.main, ["-f", str(inputs), "-d", classes, "--save_path", folder, "--out_dir",
+                                                str(tmp_path / name), "--report", "True", "--precision", "fp32"])
+        assert code == 0, err
+        results[name] = {f: open(tmp_path / name / f, encoding="utf-8").read().splitlines() for f in ("a.csv", "b.csv")}
+        assert "a.csv: accuracy" in stdout and os.path.isdir(tmp_path / name / "report_a")
+    for f in ("a.csv", "b.csv"):
+        torch_rows, onnx_rows = results["torch"][f], results["onnx"][f]
+        assert torch_rows[0] == onnx_rows[0] and len(torch_rows) == len(onnx_rows)
+        for t, o in zip(torch_rows[1:], onnx_rows[1:]):
+            t, o = t.rsplit(",", 4), o.rsplit(",", 4)
+            assert t[:2] == o[:2]  # text and label
+            assert max(abs(float(x) - float(y)) for x, y in zip(t[2:], o[2:])) <= 2e-6
+    clf = predict.load_classifier(out)  # the Python API reads an export too
+    assert clf.predict(["i feel happy"]).probabilities.shape == (1, 3)

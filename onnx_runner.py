@@ -1,0 +1,53 @@
+"""An export.py folder run by onnxruntime, behind the calls predict.py makes of a BertClassifier.
+
+predict.py (and predict.load_classifier) load a folder holding export.json with `load_export`: the same CSVs,
+length-sorted batches, streaming, reports and exit codes as with the PyTorch model, without torch in the forward.
+"""
+import json
+import os
+
+from config import InputError
+
+
+class OnnxClassifier:
+    """An export.py folder's fp32 graph behind the calls predict.py makes of a BertClassifier: logits from tensors
+    (run by onnxruntime on the CPU), the class count, the inputs it takes, the longest input it was made for."""
+
+    def __init__(self, graph_path: str, inputs: list, n_classes: int, max_length: int):
+        import onnxruntime
+        self.session = onnxruntime.InferenceSession(graph_path, providers=["CPUExecutionProvider"])
+        self.inputs, self.n_classes, self.max_length = inputs, n_classes, max_length
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+        import torch
+        given = {"input_ids": input_ids, "attention_mask": attention_mask,
+                 "token_type_ids": token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)}
+        return torch.from_numpy(self.session.run(["logits"], {n: given[n].cpu().numpy() for n in self.inputs})[0])
+
+    def takes_token_types(self, tokenizer) -> bool:
+        return "token_type_ids" in self.inputs
+
+    def length_limit(self, tokenizer) -> tuple:
+        return self.max_length, "the --max_length the model was trained and exported with"
+
+
+def load_export(folder: str) -> tuple:
+    """(model, tokenizer, cfg, names, extra) of an export folder, as checkpoint.load_model gives them."""
+    from transformers import AutoTokenizer
+
+    from config import load_config
+    from dataset import load_label_map
+    try:
+        with open(os.path.join(folder, "export.json"), encoding="utf-8") as f:
+            report = json.load(f)
+        with open(os.path.join(folder, "calibration.json"), encoding="utf-8") as f:
+            extra = json.load(f)
+        cfg = load_config(os.path.join(folder, "train_config.json"))
+        names = load_label_map(os.path.join(folder, "classes.json"))
+        tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), trust_remote_code=False)
+        model = OnnxClassifier(os.path.join(folder, "model.onnx"), report["inputs"], len(names), cfg.max_length)
+    except (OSError, ValueError, KeyError) as e:  # onnxruntime's load errors are RuntimeErrors of their own
+        raise InputError(f"{folder}: not a usable export ({str(e).splitlines()[0][:200]})")
+    except Exception as e:
+        raise InputError(f"{folder}/model.onnx: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})")
+    return model, tokenizer, cfg, names, extra
