@@ -111,8 +111,9 @@ class Config:
     report: bool = opt(False, "for input CSVs that have the label column: write accuracy, per-class report, "
                        "confusion matrix and reliability diagram into out_dir/report_<file stem>/", group="predict")
     # export (export.py)
-    format: str = opt("onnx", "what export.py writes: onnx (the whole classifier as one ONNX graph, for onnxruntime)",
-                      choices=("onnx",), group="export")
+    format: str = opt("onnx", "what export.py writes: onnx (the whole classifier as one ONNX graph, for onnxruntime), "
+                      "or hf (a folder AutoModelForSequenceClassification loads; BERT with --pooling pooler)",
+                      choices=("onnx", "hf"), group="export")
     out: str = opt("exported", "folder export.py writes (replaced whole, only by another export)", group="export")
     quantize: str = opt("none", "none, or int8: also write onnxruntime's dynamic int8 quantisation of the graph",
                         choices=("none", "int8"), group="export")

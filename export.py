@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     os.makedirs(parent, exist_ok=True)
     stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
     try:
-        report = build_export(stage, cfg, model, tokenizer, trained, names, extra, run, texts, texts2, labels)
+        build = build_hf_export if cfg.format == "hf" else build_export
+        report = build(stage, cfg, model, tokenizer, trained, names, extra, run, texts, texts2, labels)
         replace_folder(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -108,6 +109,48 @@ def build_export(stage, cfg, model, tokenizer, trained, names, extra, run, texts
     for name in COPIED:
         src = os.path.join(cfg.save_path, name)
         (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(stage, name))
+    with open(os.path.join(stage, "export.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    return report
+
+
+def build_hf_export(stage, cfg, model, tokenizer, trained, names, extra, run, texts, texts2, labels) -> dict:
+    """A Hugging Face folder (BertForSequenceClassification, id2label, the temperature folded into the head), written
+    only after its `pipeline("text-classification", top_k=None)` gave our calibrated probabilities."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    import predict
+    kind = model.encoder.config.model_type
+    if trained.pooling != "pooler" or kind != "bert":
+        raise InputError(f"--format hf: a Hugging Face sequence classifier computes our function only for a BERT "
+                         f"encoder trained with --pooling pooler (this model: {kind}, --pooling {trained.pooling}); "
+                         "train with --pooling pooler, or export --format onnx")
+    config = copy.deepcopy(model.encoder.config)
+    config.num_labels, config.id2label = len(names), dict(enumerate(names))
+    config.label2id = {n: i for i, n in enumerate(names)}
+    config.problem_type = "multi_label_classification" if trained.multi_label else "single_label_classification"
+    hf = AutoModelForSequenceClassification.from_config(config).eval()
+    hf.base_model.load_state_dict(model.encoder.state_dict())
+    temperature = extra.get("temperature", 1.0)
+    with torch.no_grad():  # softmax(z / T) and sigmoid(z / T): dividing the head's weights and bias by T is exact
+        hf.classifier.weight.copy_(model.classifier.weight / temperature)
+        hf.classifier.bias.copy_(model.classifier.bias / temperature)
+    hf.save_pretrained(stage)
+    tokenizer.save_pretrained(stage)
+    reference = predict.predict_probabilities(model, tokenizer, texts, trained.max_length, 32, run,
+                                              trained.multi_label, temperature, texts2=texts2)
+    classify = pipeline("text-classification", model=stage, tokenizer=stage, top_k=None, device="cpu")
+    inputs = texts if texts2 is None else [{"text": a, "text_pair": b} for a, b in zip(texts, texts2)]
+    scores = classify(inputs, truncation=True, max_length=trained.max_length)
+    probs = np.array([[next(d["score"] for d in row if d["label"] == n) for n in names] for row in scores])
+    diff = float(np.abs(probs - reference).max())
+    print(f"Hugging Face pipeline: max |probability difference| vs ours {diff:.2e} on {len(texts)} texts")
+    if diff > FP32_TOLERANCE:
+        raise RunFault(f"--format hf: the pipeline's probabilities differ from ours by {diff:.2e}; nothing was written")
+    report = {"format": "hf", "max_abs_difference": diff, "rows_checked": len(texts), "graphs": {"hf": {}}}
     with open(os.path.join(stage, "export.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
     return report

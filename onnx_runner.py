@@ -40,6 +40,9 @@ def load_export(folder: str) -> tuple:
     try:
         with open(os.path.join(folder, "export.json"), encoding="utf-8") as f:
             report = json.load(f)
+        if report.get("format") != "onnx":
+            raise InputError(f"{folder}: a Hugging Face export ({report.get('format')}); load it with transformers' "
+                             "AutoModelForSequenceClassification; predict.py reads train.py folders and ONNX exports")
         with open(os.path.join(folder, "calibration.json"), encoding="utf-8") as f:
             extra = json.load(f)
         cfg = load_config(os.path.join(folder, "train_config.json"))

@@ -108,3 +108,31 @@ def test_predict_py_runs_an_export_with_onnxruntime_and_writes_the_same_csvs(tra
             assert max(abs(float(x) - float(y)) for x, y in zip(t[2:], o[2:])) <= 2e-6
     clf = predict.load_classifier(out)  # the Python API reads an export too
     assert clf.predict(["i feel happy"]).probabilities.shape == (1, 3)
+
+
+def test_hf_export_loads_in_transformers_and_its_pipeline_gives_our_calibrated_probabilities(tiny_bert, tmp_path):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    import export
+    import predict
+    save, _, _ = train_tiny(tmp_path, tiny_bert, 90, 2, "--pooling", "pooler")
+    out = str(tmp_path / "hf")
+    code, stdout, err = call(export.main, ["--save_path", save, "--format", "hf", "--out", out])
+    assert code == 0 and "Hugging Face pipeline: max |probability difference|" in stdout, err
+    hf = AutoModelForSequenceClassification.from_pretrained(out)
+    assert hf.config.id2label == dict(enumerate(NAMES)) and hf.config.label2id == {n: i for i, n in enumerate(NAMES)}
+    texts = [t for t, _ in make_rows(6, seed=13)]
+    scores = pipeline("text-classification", model=out, top_k=None, device="cpu")(texts)
+    theirs = np.array([[next(d["score"] for d in row if d["label"] == n) for n in NAMES] for row in scores])
+    clf = predict.load_classifier(save, device="cpu", precision="fp32")
+    assert clf.extra["temperature"] != 1.0  # the folded temperature is really tested
+    np.testing.assert_allclose(theirs, clf.predict(texts).probabilities, atol=1e-5)
+    code, _, err = call(predict.main, ["-f", str(tmp_path), "--save_path", out])
+    assert code == 2 and "a Hugging Face export" in err, err
+
+
+def test_hf_export_refuses_a_pooling_its_head_does_not_compute(trained):
+    import export
+    code, _, err = call(export.main, ["--save_path", trained["save"], "--format", "hf", "--out",
+                                      str(trained["dir"] / "hf_refused")])
+    assert code == 2 and "train with --pooling pooler" in err and len(err.strip().splitlines()) == 1, err
