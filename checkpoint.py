@@ -313,7 +313,8 @@ class FolderLock:
             return False
         self._stop.set()
         os.environ.pop("TRAIN_LOCK_HELD", None)
-        if self._holder().get("pid") == os.getpid() and self._holder().get("host") == socket.gethostname():
+        holder = self._holder()
+        if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
             with contextlib.suppress(OSError):
                 os.remove(self.path)
             if self.created_folder:  # refused input leaves no empty save_path behind

@@ -51,6 +51,9 @@ def main(argv=None) -> int:
     model, tokenizer, trained, names, extra = load_model(cfg.save_path, run.device)
     trained.batch_size = 32
     texts, texts2, labels = parity_set(cfg, trained, names)
+    import predict
+    reference = predict.predict_probabilities(model, tokenizer, texts, trained.max_length, 32, run,
+                                              trained.multi_label, extra.get("temperature", 1.0), texts2=texts2)
     out = os.path.abspath(cfg.out)
     if os.path.exists(out) and not os.path.isfile(os.path.join(out, "export.json")):
         raise InputError(f"--out {cfg.out}: the folder exists and is not an earlier export; choose another --out")
@@ -59,7 +62,7 @@ def main(argv=None) -> int:
     stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
     try:
         build = build_hf_export if cfg.format == "hf" else build_export
-        report = build(stage, cfg, model, tokenizer, trained, names, extra, run, texts, texts2, labels)
+        report = build(stage, cfg, model, tokenizer, trained, names, extra, reference, texts, texts2, labels)
         replace_folder(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
@@ -78,11 +81,9 @@ def parity_set(cfg: Config, trained: Config, names: list) -> tuple:
     return PARITY_TEXTS, (PARITY_TEXTS[::-1] if trained.text_col2 else None), None
 
 
-def build_export(stage, cfg, model, tokenizer, trained, names, extra, run, texts, texts2, labels) -> dict:
-    """Write every file of the export into `stage`, after checking each graph; returns what export.json says."""
-    import predict
-    reference = predict.predict_probabilities(model, tokenizer, texts, trained.max_length, 32, run,
-                                              trained.multi_label, extra.get("temperature", 1.0), texts2=texts2)
+def build_export(stage, cfg, model, tokenizer, trained, names, extra, reference, texts, texts2, labels) -> dict:
+    """Write every file of the export into `stage`, after checking each graph against `reference` (PyTorch fp32's
+    probabilities of `texts`); returns what export.json says."""
     inputs = export_graph(model, tokenizer, os.path.join(stage, "model.onnx"))
     graphs = {"model.onnx": "fp32"}
     if cfg.quantize == "int8":
@@ -114,7 +115,7 @@ def build_export(stage, cfg, model, tokenizer, trained, names, extra, run, texts
     return report
 
 
-def build_hf_export(stage, cfg, model, tokenizer, trained, names, extra, run, texts, texts2, labels) -> dict:
+def build_hf_export(stage, cfg, model, tokenizer, trained, names, extra, reference, texts, texts2, labels) -> dict:
     """A Hugging Face folder (BertForSequenceClassification, id2label, the temperature folded into the head), written
     only after its `pipeline("text-classification", top_k=None)` gave our calibrated probabilities."""
     import copy
@@ -122,7 +123,6 @@ def build_hf_export(stage, cfg, model, tokenizer, trained, names, extra, run, te
     import torch
     from transformers import AutoModelForSequenceClassification, pipeline
 
-    import predict
     kind = model.encoder.config.model_type
     if trained.pooling != "pooler" or kind != "bert":
         raise InputError(f"--format hf: a Hugging Face sequence classifier computes our function only for a BERT "
@@ -140,8 +140,6 @@ def build_hf_export(stage, cfg, model, tokenizer, trained, names, extra, run, te
         hf.classifier.bias.copy_(model.classifier.bias / temperature)
     hf.save_pretrained(stage)
     tokenizer.save_pretrained(stage)
-    reference = predict.predict_probabilities(model, tokenizer, texts, trained.max_length, 32, run,
-                                              trained.multi_label, temperature, texts2=texts2)
     classify = pipeline("text-classification", model=stage, tokenizer=stage, top_k=None, device="cpu")
     inputs = texts if texts2 is None else [{"text": a, "text_pair": b} for a, b in zip(texts, texts2)]
     scores = classify(inputs, truncation=True, max_length=trained.max_length)

@@ -99,6 +99,13 @@ def load_any_model(folder: str, device):
     return load_model(folder, device)
 
 
+def label_names(chosen: np.ndarray, names: list, multi_label: bool) -> list:
+    """calibrate.decide's choices as class names: one per row, or (multi-label) a list per row."""
+    if multi_label:
+        return [[names[j] for j in np.flatnonzero(row)] for row in chosen]
+    return [names[j] for j in chosen]
+
+
 # ------------------------------------------------------------------------------------------------ Python API
 @dataclass
 class Predictions:
@@ -134,11 +141,7 @@ class Classifier:
                                       batch_size or self.cfg.batch_size, self.run, self.cfg.multi_label,
                                       self.extra.get("temperature", 1.0), texts2=texts2)
         chosen = decide(probs, self.cfg.multi_label, self.extra.get("thresholds"), self.cfg.allow_empty)
-        if self.cfg.multi_label:
-            labels = [[self.classes[j] for j in np.flatnonzero(row)] for row in chosen]
-        else:
-            labels = [self.classes[j] for j in chosen]
-        return Predictions(probs, labels)
+        return Predictions(probs, label_names(chosen, self.classes, self.cfg.multi_label))
 
 
 def load_classifier(save_path: str = "saved_model", device: str = "auto", precision: str = "auto",
@@ -188,8 +191,8 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
             chosen = decide(probs, cfg.multi_label, thresholds, cfg.allow_empty)
             if keep_probs is not None:
                 keep_probs.append(probs)
-            for i, (p, c) in enumerate(zip(probs, chosen)):
-                label = ",".join(names[j] for j in np.flatnonzero(c)) if cfg.multi_label else names[c]
+            for i, (p, c) in enumerate(zip(probs, label_names(chosen, names, cfg.multi_label))):
+                label = ",".join(c) if cfg.multi_label else c
                 writer.writerow([texts[i], *([texts2[i]] if texts2 is not None else []), label,
                                  *(f"{x:.6f}" for x in p)])
             n_rows += len(texts)
