@@ -187,28 +187,31 @@ def verify_folder(folder: str) -> dict:
 
 
 def save_model(folder: str, model: torch.nn.Module, tokenizer, cfg, names: list, extra: dict) -> None:
-    """Write the whole model folder atomically: weights, architecture, tokenizer, configs, label map."""
+    """Write the whole model folder atomically: weights, architecture, tokenizer, configs, label map. Any failed
+    write, not only the weights', is one RunFault line naming its file; the staging folder goes either way."""
     import dataclasses
-    os.makedirs(folder, exist_ok=True)
-    _remove_dead_staging(folder)
-    stage = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
+    with writing(folder):
+        os.makedirs(folder, exist_ok=True)
+        _remove_dead_staging(folder)
+        stage = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
     try:
         with writing(os.path.join(folder, WEIGHTS)):
             st_save_model(model, os.path.join(stage, WEIGHTS))
-        model.encoder.config.save_pretrained(stage)
-        tok_dir = os.path.join(stage, "tokenizer")
-        tokenizer.save_pretrained(tok_dir)
-        staged = {WEIGHTS: os.path.join(stage, WEIGHTS), "config.json": os.path.join(stage, "config.json")}
-        for name in sorted(os.listdir(tok_dir)):
-            staged[f"tokenizer/{name}"] = os.path.join(tok_dir, name)
-        for name, obj in (("train_config.json", dataclasses.asdict(cfg)),
-                          ("classes.json", {n: i for i, n in enumerate(names)}),
-                          ("calibration.json", extra)):
-            with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
-                json.dump(obj, f, indent=2)
-                f.write("\n")
-            staged[name] = os.path.join(stage, name)
-        commit_files(folder, staged)
+        with writing(folder):
+            model.encoder.config.save_pretrained(stage)
+            tok_dir = os.path.join(stage, "tokenizer")
+            tokenizer.save_pretrained(tok_dir)
+            staged = {WEIGHTS: os.path.join(stage, WEIGHTS), "config.json": os.path.join(stage, "config.json")}
+            for name in sorted(os.listdir(tok_dir)):
+                staged[f"tokenizer/{name}"] = os.path.join(tok_dir, name)
+            for name, obj in (("train_config.json", dataclasses.asdict(cfg)),
+                              ("classes.json", {n: i for i, n in enumerate(names)}),
+                              ("calibration.json", extra)):
+                with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
+                    json.dump(obj, f, indent=2)
+                    f.write("\n")
+                staged[name] = os.path.join(stage, name)
+            commit_files(folder, staged)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

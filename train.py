@@ -138,8 +138,7 @@ def train(cfg: Config, stop: StopRequest) -> int:
         print_epoch(run, record, improved)
         if improved and run.is_main:
             save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
-        with writing(cfg.save_path):
-            training.end_epoch(epoch)
+        training.end_epoch(epoch)
         if stop.stopping:
             return stopped(run, stop, f"stopped after epoch {epoch}")
     with writing(cfg.save_path):
@@ -301,8 +300,10 @@ class Training:
         """metrics.json with the history so far; the next epoch starts from its first batch; a resumable
         checkpoint if asked for or stopping."""
         if self.run.is_main:
-            write_json(os.path.join(self.cfg.save_path, "metrics.json"), {
-                "best_epoch": self.progress.best_epoch, "metric": self.cfg.metric, "epochs": self.progress.history})
+            with writing(self.cfg.save_path):
+                write_json(os.path.join(self.cfg.save_path, "metrics.json"), {
+                    "best_epoch": self.progress.best_epoch, "metric": self.cfg.metric,
+                    "epochs": self.progress.history})
         self.progress.epoch, self.progress.batches_done = epoch + 1, 0
         if self.stop.agreed(self.run) or self.cfg.save_every > 0:
             self.save_resumable()
