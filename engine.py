@@ -11,8 +11,9 @@ import time
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
+import cpu_threads
+from runlog import EpochLog
 from runtime import Run, unwrap
 
 
@@ -89,18 +90,20 @@ def clip_gradients(model, optimizer, max_norm: float, scaler) -> torch.Tensor:
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run: Run, accum: int,
-                    max_grad_norm: float, log_every: int, desc: str, on_update=None) -> dict:
+                    max_grad_norm: float, log: EpochLog, on_update=None) -> dict:
     """One pass over `loader`, cut short when `on_update` returns True; returns mean loss, samples, tokens, seconds.
-    Raises Diverged when a loss or gradient norm is not finite, looked at on the logging steps (reading it costs a
-    GPU sync) and at the end; fp16 steps that the gradient scaler skips for overflow are normal, not counted."""
+    `log` (runlog.EpochLog) shows progress and writes a log row every --log_every updates. Raises Diverged when a
+    loss or gradient norm is not finite, looked at on those logging steps (reading it costs a GPU sync) and at the
+    end; fp16 steps that the gradient scaler skips for overflow are normal, not counted."""
     model.train()
     loss_sum = torch.zeros((), device=run.device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
     samples = tokens = updates = 0
     started = time.perf_counter()
     # a context: the bar is closed on errors too, so that an error message starts a line of its own
-    with tqdm(total=len(loader), desc=desc, disable=not run.is_main, dynamic_ncols=True, leave=False) as bar:
+    with log.opened(len(loader)):
         for step, batch in enumerate(loader):
+            cpu_threads.adapt()  # fewer threads while another process computes on our CPUs (one clock read)
             # counted on the host copy: summing the mask on the GPU would sync with it on every step
             tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
             batch = to_device(batch, run.device)
@@ -126,14 +129,13 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, run: R
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             samples += len(batch["labels"])
-            bar.update(1)
-            logging_step = (step + 1) % log_every == 0 or step + 1 == len(loader)
+            log.advance()
+            logging_step = (last_micro_step and log.due(updates)) or step + 1 == len(loader)
             if logging_step and nonfinite_seen(nonfinite, run):
                 raise Diverged(updates)
             if run.is_main and logging_step:
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(loss=f"{loss_sum.item() / (step + 1):.4f}",
-                                samples_s=f"{samples * run.world_size / elapsed:.1f}")
+                log.record(updates, step + 1, loss_sum.item(), samples * run.world_size,
+                           optimizer.param_groups[0]["lr"])  # the encoder's, or the head's if it trains alone
             if on_update is not None and last_micro_step and on_update(step + 1):
                 break  # asked to stop (preemption): the caller saves and exits
     if nonfinite_seen(nonfinite, run):  # stopped between logging steps (preemption)
@@ -149,6 +151,7 @@ def evaluate(model, loader, run: Run, n_rows: int) -> torch.Tensor:
     model.eval()
     indices, outputs = [], []
     for batch in loader:
+        cpu_threads.adapt()
         batch = to_device(batch, run.device)
         with run.autocast():
             logits = model(**model_inputs(batch))

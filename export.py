@@ -74,8 +74,8 @@ def parity_set(cfg: Config, trained: Config, names: list) -> tuple:
     """(texts, texts2 or None, labels or None): --check's rows, else PARITY_TEXTS (paired with themselves
     reversed for a pair model)."""
     if cfg.check:
-        from dataset import load_labelled_csv
-        data = load_labelled_csv(cfg.check, trained.text_col, trained.label_col, names, trained.multi_label,
+        from dataset import load_labelled_file
+        data = load_labelled_file(cfg.check, trained.text_col, trained.label_col, names, trained.multi_label,
                                  trained.text_col2)
         return data.texts, data.texts2, data.labels
     return PARITY_TEXTS, (PARITY_TEXTS[::-1] if trained.text_col2 else None), None
@@ -88,8 +88,10 @@ def build_export(stage, cfg, model, tokenizer, trained, names, extra, reference,
     graphs = {"model.onnx": "fp32"}
     if cfg.quantize == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
+        # per-channel scales: as fast as one scale per matrix here, and closer to fp32 (bench/README.md: top class
+        # agreeing on 97.9% of dev rows instead of 94.7%, max probability difference 0.20 instead of 0.30)
         quantize_dynamic(os.path.join(stage, "model.onnx"), os.path.join(stage, "model.int8.onnx"),
-                         weight_type=QuantType.QInt8)
+                         weight_type=QuantType.QInt8, per_channel=True)
         graphs["model.int8.onnx"] = "int8"
     report = {"format": "onnx", "inputs": inputs, "graphs": {}, "rows_checked": len(texts)}
     scores = {"pytorch fp32": reference}

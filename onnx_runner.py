@@ -10,12 +10,16 @@ from config import InputError
 
 
 class OnnxClassifier:
-    """An export.py folder's fp32 graph behind the calls predict.py makes of a BertClassifier: logits from tensors
+    """An export.py folder's graph (fp32, or int8) behind the calls predict.py makes of a BertClassifier: logits from tensors
     (run by onnxruntime on the CPU), the class count, the inputs it takes, the longest input it was made for."""
 
     def __init__(self, graph_path: str, inputs: list, n_classes: int, max_length: int):
         import onnxruntime
-        self.session = onnxruntime.InferenceSession(graph_path, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        # the CPUs cpu_threads chose for this process (affinity, cgroup quota, SLURM), not every CPU of the node
+        threads = os.environ.get("OMP_NUM_THREADS", "").split(",")[0]
+        options.intra_op_num_threads = int(threads) if threads.isdigit() else 0
+        self.session = onnxruntime.InferenceSession(graph_path, options, providers=["CPUExecutionProvider"])
         self.inputs, self.n_classes, self.max_length = inputs, n_classes, max_length
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None):
@@ -31,8 +35,9 @@ class OnnxClassifier:
         return self.max_length, "the --max_length the model was trained and exported with"
 
 
-def load_export(folder: str) -> tuple:
-    """(model, tokenizer, cfg, names, extra) of an export folder, as checkpoint.load_model gives them."""
+def load_export(folder: str, int8: bool = False) -> tuple:
+    """(model, tokenizer, cfg, names, extra) of an export folder, as checkpoint.load_model gives them; `int8`
+    takes the dynamically quantised graph (export.py --quantize int8) instead of the fp32 one."""
     from transformers import AutoTokenizer
 
     from config import load_config
@@ -48,7 +53,11 @@ def load_export(folder: str) -> tuple:
         cfg = load_config(os.path.join(folder, "train_config.json"))
         names = load_label_map(os.path.join(folder, "classes.json"))
         tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), trust_remote_code=False)
-        model = OnnxClassifier(os.path.join(folder, "model.onnx"), report["inputs"], len(names), cfg.max_length)
+        graph = "model.int8.onnx" if int8 else "model.onnx"
+        if graph not in report.get("graphs", {}):
+            hint = "; make one with export.py --quantize int8" if int8 else ""
+            raise InputError(f"{folder}: this export has no {graph}{hint}")
+        model = OnnxClassifier(os.path.join(folder, graph), report["inputs"], len(names), cfg.max_length)
     except (OSError, ValueError, KeyError) as e:  # onnxruntime's load errors are RuntimeErrors of their own
         raise InputError(f"{folder}: not a usable export ({str(e).splitlines()[0][:200]})")
     except Exception as e:

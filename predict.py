@@ -1,39 +1,43 @@
-"""Predict every .csv and .txt file of a folder with a model trained by train.py.
+"""Predict every .csv, .tsv, .jsonl, .parquet and .txt file of a folder with a model trained by train.py.
 
     python predict.py -f inputs/ -d classes.json -p False
     python predict.py -f big_folder/ --save_path runs/emotions --out_dir preds/ --batch_size 64
     python predict.py -f test_folder/ -d classes.json --report True   # labelled CSVs: + out_dir/report_<stem>/
     python predict.py -f big_folder/ -d classes.json -p True      # every GPU: rows shared out, output in order
 
-Each input file gets a predictions CSV in --out_dir: the sentence (both texts for a pair model), the predicted class
+Each input file gets a predictions file in --out_dir (CSV, or --out_format jsonl or parquet): the sentence (both texts for a pair model), the predicted class
 in `label` (multi-label: the chosen classes joined by commas) and one column per class, named as the class, with
-its probability. A .csv input is read from its text column (and --text_col2 for pairs); a .txt input has one
-sentence per line. Files are streamed in
+its probability. A table input (.csv, .tsv, .jsonl, .parquet) is read from its text column (and --text_col2 for
+pairs); a .txt input has one sentence per line. Files are streamed in
 chunks, so memory stays flat whatever their size, and rows keep their input order. A file already predicted
 by the same model and unchanged since is skipped unless --overwrite. A bad file is reported and skipped; the
 exit code is then 1. The model, its tokenizer, label map and settings all come from --save_path.
 """
 import argparse
 import contextlib
-import csv
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
 
+import cpu_threads
+
+cpu_threads.configure()  # before torch loads: OpenMP reads its thread count and wait policy once, at load time
 import numpy as np
 import torch
 
 from calibrate import decide, probabilities
 from checkpoint import atomic_path, load_model, sha256_file, write_json
 from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, run_cli
-from dataset import Collator, EncodedDataset, has_column, iter_predict_file, load_label_map, load_labelled_csv, tokenize
+from dataset import (PREDICT_EXTENSIONS, Collator, EncodedDataset, has_column, iter_predict_file, load_label_map,
+                     load_labelled_file, tokenize)
+from tables import PredictionWriter
 from runtime import cleanup_run, launch_local_workers, local_worker_count, setup_run
 
 CHUNK_ROWS = 8192  # rows read, sorted by length and predicted at a time: bounds memory on huge files
 RUNTIME_FIELDS = ("input_dir", "dict_path", "parallel", "save_path", "out_dir", "device", "precision",
-                  "batch_size", "num_workers", "overwrite", "allow_empty", "report")
+                  "batch_size", "num_workers", "overwrite", "allow_empty", "report", "out_format")
 STATE_FILE = "predict_state.json"  # which inputs are done, and with which model: not a .csv on purpose
 
 
@@ -65,6 +69,7 @@ def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = collate([dataset[int(i)] for i in rows])  # padded to its longest row
+        cpu_threads.adapt()  # fewer threads while another process computes on our CPUs
         with run.autocast():
             logits = model(input_ids=batch["input_ids"].to(run.device),
                            attention_mask=batch["attention_mask"].to(run.device),
@@ -90,12 +95,15 @@ def predict_sharded(model, tokenizer, texts: list, cfg: Config, run, temperature
     return np.concatenate(shares)
 
 
-def load_any_model(folder: str, device):
+def load_any_model(folder: str, device, precision: str = "auto"):
     """(model, tokenizer, cfg, names, extra) of a train.py folder (PyTorch) or of an export.py folder (run by
-    onnxruntime on the CPU: same CSVs, sorting, batching and reports)."""
+    onnxruntime on the CPU: same CSVs, sorting, batching and reports; precision int8 takes its int8 graph)."""
     if os.path.isfile(os.path.join(folder, "export.json")):
         from onnx_runner import load_export
-        return load_export(folder)
+        return load_export(folder, int8=precision == "int8")
+    if precision == "int8":
+        raise InputError(f"{folder}: --precision int8 runs the int8 graph of an ONNX export (python export.py "
+                         "--quantize int8); this is a PyTorch model folder: use auto, fp32 or bf16")
     return load_model(folder, device)
 
 
@@ -149,21 +157,22 @@ def load_classifier(save_path: str = "saved_model", device: str = "auto", precis
     """The model in `save_path` (checked against its manifest) on `device` in `precision`, as predict.py's flags
     choose them."""
     run = setup_run(device, precision)
-    model, tokenizer, cfg, classes, extra = load_any_model(save_path, run.device)
+    model, tokenizer, cfg, classes, extra = load_any_model(save_path, run.device, run.precision)
     cfg.batch_size, cfg.allow_empty = batch_size, allow_empty
     return Classifier(model, tokenizer, cfg, classes, extra, run)
 
 
 # ------------------------------------------------------------------------------------------------ the folder
-def output_names(files: list) -> dict:
-    """input file -> predictions file name: stem.csv, or stem.txt.csv when a .csv of the same stem exists."""
+def output_names(files: list, out_format: str = "csv") -> dict:
+    """input file -> predictions file name: stem.<format>, or e.g. stem.txt.csv when stem.csv is also an input."""
+    ext = f".{out_format}"
     stems = {}
     for name in files:
         stems.setdefault(os.path.splitext(name)[0], []).append(name)
     out = {}
     for stem, group in stems.items():
         for name in group:
-            out[name] = f"{stem}.csv" if len(group) == 1 or name.lower().endswith(".csv") else f"{name}.csv"
+            out[name] = f"{stem}{ext}" if len(group) == 1 or name.lower().endswith(ext) else f"{name}{ext}"
     return out
 
 
@@ -182,19 +191,17 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     skipped = [0]
     started = time.perf_counter()
     # every rank reads the file and predicts its share of each chunk; rank 0 alone writes
+    text_cols = [cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])]
     with atomic_path(out_path) if run.is_main else contextlib.nullcontext(os.devnull) as tmp, \
-            open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else []), "label", *names])
+            PredictionWriter(tmp, cfg.out_format if run.is_main else "csv", [*text_cols, "label", *names],
+                             len(text_cols)) as writer:
         for _, texts, texts2 in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped, cfg.text_col2):
             probs = predict_sharded(model, tokenizer, texts, cfg, run, temperature, counts, texts2)
             chosen = decide(probs, cfg.multi_label, thresholds, cfg.allow_empty)
             if keep_probs is not None:
                 keep_probs.append(probs)
-            for i, (p, c) in enumerate(zip(probs, label_names(chosen, names, cfg.multi_label))):
-                label = ",".join(c) if cfg.multi_label else c
-                writer.writerow([texts[i], *([texts2[i]] if texts2 is not None else []), label,
-                                 *(f"{x:.6f}" for x in p)])
+            labels = [",".join(c) if cfg.multi_label else c for c in label_names(chosen, names, cfg.multi_label)]
+            writer.write([texts] + ([texts2] if texts2 is not None else []), labels, probs)
             n_rows += len(texts)
         if n_rows == 0:
             raise InputError(f"{path}: no sentences to predict")
@@ -228,7 +235,7 @@ def main(argv=None) -> int:
     if runtime["parallel"] and run.world_size == 1:
         run.print(f"-p True: {torch.cuda.device_count()} GPU(s) on this machine, predicting in one process "
                   f"on {run.device}")
-    model, tokenizer, cfg, names, extra = load_any_model(runtime["save_path"], run.device)
+    model, tokenizer, cfg, names, extra = load_any_model(runtime["save_path"], run.device, run.precision)
     check_label_map(names_given, names, runtime)
     for key, value in {**given, **runtime}.items():  # runtime settings and explicit overrides of the training config
         setattr(cfg, key, value)
@@ -238,7 +245,7 @@ def main(argv=None) -> int:
         os.makedirs(cfg.out_dir, exist_ok=True)
     state = DoneFiles(cfg)
     failed, totals = [], {"rows": 0, "tokens": 0, "seconds": 0.0}
-    for name, out_name in output_names(files).items():
+    for name, out_name in output_names(files, cfg.out_format).items():
         src, dst = os.path.join(cfg.input_dir, name), os.path.join(cfg.out_dir, out_name)
         if not cfg.overwrite and state.up_to_date(name, src, dst):
             run.print(f"{name}: up to date in {dst} (use --overwrite to predict it again)")
@@ -280,11 +287,11 @@ def check_prediction_options(cfg: Config, model, tokenizer) -> None:
 
 
 def input_files(folder: str) -> list:
-    """The .csv and .txt files of `folder`, sorted by name."""
+    """The .csv, .tsv, .jsonl, .parquet and .txt files of `folder`, sorted by name."""
     files = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith((".csv", ".txt")) and os.path.isfile(os.path.join(folder, n)))
+                   if n.lower().endswith(PREDICT_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
     if not files:
-        raise InputError(f"{folder}: no .csv or .txt files to predict")
+        raise InputError(f"{folder}: no .csv, .tsv, .jsonl, .parquet or .txt files to predict")
     return files
 
 
@@ -304,7 +311,8 @@ class DoneFiles:
         marker = "export.json" if os.path.isfile(os.path.join(cfg.save_path, "export.json")) else "manifest.json"
         self.settings = {"model": sha256_file(os.path.join(cfg.save_path, marker)),
                          "max_length": cfg.max_length, "text_col": cfg.text_col, "text_col2": cfg.text_col2,
-                         "allow_empty": cfg.allow_empty,
+                         "allow_empty": cfg.allow_empty, "out_format": cfg.out_format,
+                         "precision": cfg.precision,
                          "report": cfg.report}
 
     def up_to_date(self, name: str, src: str, dst: str) -> bool:
@@ -324,7 +332,7 @@ def predict_one_input(src: str, dst: str, out_name: str, model, tokenizer, cfg: 
     labelled = cfg.report and has_column(src, cfg.label_col)
     probs = [] if labelled else None
     # labels are checked before predicting, so a bad label costs no model time
-    truth = load_labelled_csv(src, cfg.text_col, cfg.label_col, names, cfg.multi_label,
+    truth = load_labelled_file(src, cfg.text_col, cfg.label_col, names, cfg.multi_label,
                               cfg.text_col2) if labelled else None
     stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra, probs)
     if labelled:
@@ -342,7 +350,8 @@ def print_totals(totals: dict, cfg: Config, run) -> None:
         run.print(f"predicted {totals['rows']} sentences in {totals['seconds']:.1f}s: "
                   f"{totals['rows'] / totals['seconds']:.1f} sentences/s, "
                   f"{totals['tokens'] / totals['seconds']:.0f} tokens/s (device {run.device} x{run.world_size}, "
-                  f"precision {run.precision}, batch {cfg.batch_size})")
+                  f"precision {run.precision}, batch {cfg.batch_size})" +
+                  (f"; {cpu_threads.describe()}" if run.device.type == "cpu" else ""))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ STATE_FILE = "state.pt"
 HASH_FILE = "state.pt.sha256"  # written before the folder is committed: a damaged or half-copied state is refused
 STEP_RE = re.compile(r"^step-(\d+)$")
 # Options that may change between a run and its resumption without changing what is computed.
-MAY_CHANGE = {"resume", "save_every", "log_every", "num_workers", "device", "parallel", "parallel_mode"}
+MAY_CHANGE = {"resume", "save_every", "log_every", "tensorboard", "num_workers", "device", "parallel",
+              "parallel_mode"}
 
 
 @dataclass

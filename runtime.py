@@ -35,7 +35,7 @@ class Run:
             print(*args, **kwargs, flush=True)
 
     def autocast(self):
-        if self.precision == "fp32":
+        if self.precision in ("fp32", "int8"):  # int8: an ONNX graph, which autocast does not reach
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
@@ -73,6 +73,8 @@ def pick_precision(name: str, device: torch.device) -> str:
         return name
     if name == "fp16":
         raise InputError("--precision fp16: only for CUDA GPUs (on CPU use bf16 or fp32)")
+    if name == "int8" and device.type != "cpu":
+        raise InputError("--precision int8: the int8 ONNX graph runs on the CPU (use --device cpu)")
     if name == "auto":
         return "bf16" if cpu_has_bf16() else "fp32"
     return name

@@ -21,6 +21,9 @@ import sys
 import time
 from dataclasses import dataclass
 
+import cpu_threads
+
+cpu_threads.configure()  # before torch loads: OpenMP reads its thread count and wait policy once, at load time
 import numpy as np
 import torch
 
@@ -28,11 +31,12 @@ import engine
 from config import Config, InputError, RunFault, build_parser, config_from_args, resolve_model_path, run_cli
 from checkpoint import FolderLock, model_in_place, save_model, write_json, writing
 from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler,
-                     check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_csv,
+                     check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_file,
                      stratified_split, tokenize)
 from losses import make_loss
 from metrics import compute_metrics, is_better
 from resume import INTERRUPTED_EXIT, PREEMPTED_EXIT, Progress, StopRequest, save_resumable, start_or_resume
+from runlog import EpochLog, RunLog
 from runtime import Run, cleanup_run, launch_local_workers, local_worker_count, setup_run, unwrap
 
 OOM_ERRORS = (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (torch.cuda.OutOfMemoryError,)
@@ -54,6 +58,9 @@ def check_options(cfg: Config) -> None:
              (cfg.max_length >= 2, "--max_length must be at least 2"),
              (cfg.early_stop == -1 or cfg.early_stop >= 1, "--early_stop must be -1 (off) or at least 1"),
              (cfg.save_every >= 0, "--save_every must be 0 (save only when stopped by a signal) or more"),
+             (cfg.log_every >= 1, "--log_every must be at least 1"),
+             (cfg.precision != "int8", "--precision int8 is for predicting with an ONNX export made by export.py "
+                                       "--quantize int8; train with auto, fp32, bf16 or fp16"),
              (not cfg.boost or not cfg.bert_finetuning,
               "--boost True needs --bert_finetuning False (vectors can only be cached from a frozen encoder)")]
     for ok, message in rules:
@@ -67,7 +74,7 @@ def load_data(cfg: Config):
     loaded, problems = {}, []
     for path in filter(None, (cfg.train_path, cfg.valid_path)):  # both files checked before either is reported
         try:
-            loaded[path] = load_labelled_csv(path, cfg.text_col, cfg.label_col, names, cfg.multi_label,
+            loaded[path] = load_labelled_file(path, cfg.text_col, cfg.label_col, names, cfg.multi_label,
                                              cfg.text_col2)
         except InputError as e:
             problems.append(str(e))
@@ -124,26 +131,27 @@ def train(cfg: Config, stop: StopRequest) -> int:
     print_startup(cfg, run, training, model_path, train_data, valid_data, names, encode_s)
     progress = training.progress = start_or_resume(cfg, run, model, training.optimizer, training.scheduler,
                                                    training.scaler)
-    for epoch in range(progress.epoch, cfg.n_epochs + 1):
-        if cfg.early_stop > 0 and progress.stale >= cfg.early_stop:
-            run.print(f"early stop: {progress.stale} epoch(s) without a better valid {cfg.metric}")
-            break
-        stats = training.train_epoch(epoch)
-        if stop.stopping:
-            return stopped(run, stop, f"stopped after update {progress.updates}, resumable checkpoint in "
-                                      f"{cfg.save_path}/resume")
-        logits = engine.evaluate(training.model, valid_loader, run, len(valid_set))
-        record = score_epoch(training, epoch, stats, logits, valid_data.labels, len(names))
-        improved = keep_if_best(training, record, logits)
-        print_epoch(run, record, improved)
-        if improved and run.is_main:
-            save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
-        training.end_epoch(epoch)
-        if stop.stopping:
-            return stopped(run, stop, f"stopped after epoch {epoch}")
-    with writing(cfg.save_path):
-        finish(cfg, run, progress, valid_data.labels, names)
-    return 0
+    with RunLog(cfg.save_path, run, cfg.tensorboard, progress.updates or None, progress.epoch) as training.log:
+        for epoch in range(progress.epoch, cfg.n_epochs + 1):
+            if cfg.early_stop > 0 and progress.stale >= cfg.early_stop:
+                run.print(f"early stop: {progress.stale} epoch(s) without a better valid {cfg.metric}")
+                break
+            stats = training.train_epoch(epoch)
+            if stop.stopping:
+                return stopped(run, stop, f"stopped after update {progress.updates}, resumable checkpoint in "
+                                          f"{cfg.save_path}/resume")
+            logits = engine.evaluate(training.model, valid_loader, run, len(valid_set))
+            record = score_epoch(training, epoch, stats, logits, valid_data.labels, len(names))
+            improved = keep_if_best(training, record, logits)
+            print_epoch(run, record, improved)
+            if improved and run.is_main:
+                save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
+            training.end_epoch(epoch)
+            if stop.stopping:
+                return stopped(run, stop, f"stopped after epoch {epoch}")
+        with writing(cfg.save_path):
+            finish(cfg, run, progress, valid_data.labels, names)
+        return 0
 
 
 def updates_per_epoch(n_batches: int, accumulation: int) -> int:
@@ -225,6 +233,7 @@ class Training:
     collate: Collator
     stop: StopRequest
     progress: Progress = None
+    log: RunLog = None  # save_path/logs/, from the first epoch on
     parts: int = 1  # micro-batches per batch; doubled each time a step runs out of memory
     split: SplitBatchSampler = None  # this epoch's batches, cut into `parts`
 
@@ -252,11 +261,14 @@ class Training:
         while True:
             self.sampler.set_epoch(epoch, skip_batches=done)
             self.split = SplitBatchSampler(self.sampler, self.parts, done)
+            accum = self.cfg.gradient_accumulation_steps
+            log = EpochLog(self.run, self.cfg.log_every, f"epoch {epoch}/{self.cfg.n_epochs}", epoch,
+                           self.progress.updates, (done // accum, updates_per_epoch(done + len(self.sampler), accum)),
+                           self.log)
             try:
                 stats = engine.train_one_epoch(
                     self.model, self.loader(self.split), self.optimizer, self.scheduler, self.scaler, self.loss_fn,
-                    self.run, self.cfg.gradient_accumulation_steps * self.parts, self.cfg.max_grad_norm,
-                    self.cfg.log_every, f"epoch {epoch}/{self.cfg.n_epochs}", self.after_update)
+                    self.run, accum * self.parts, self.cfg.max_grad_norm, log, self.after_update)
                 break
             except engine.Diverged:
                 raise RunFault(diverged(self.cfg, self.run, f"update {self.progress.updates} of epoch {epoch}",
@@ -340,11 +352,13 @@ def print_startup(cfg: Config, run: Run, training: Training, model_path: str, tr
               f"device {run.device} x{run.world_size}, precision {run.precision}, batch {cfg.batch_size} per process"
               f" x {run.world_size} process(es) x {cfg.gradient_accumulation_steps} accumulation = {per_update} per "
               f"update, {updates} updates per epoch, {cfg.n_epochs} epoch(s); data encoded in {encode_s:.1f}s")
+    if run.device.type == "cpu":
+        run.print(cpu_threads.describe())
 
 
 def score_epoch(training: Training, epoch: int, stats: dict, logits: torch.Tensor, labels: list,
                 n_classes: int) -> dict:
-    """The epoch's record, added to the history: train loss, validation metrics, throughput."""
+    """The epoch's record, added to the history and to log.csv: train loss, validation metrics, throughput."""
     run, cfg = training.run, training.cfg
     metrics = compute_metrics(logits, labels, training.loss_fn.cpu(), cfg.multi_label, n_classes)
     training.loss_fn.to(run.device)
@@ -352,6 +366,7 @@ def score_epoch(training: Training, epoch: int, stats: dict, logits: torch.Tenso
               "train_samples_per_s": stats["samples"] / stats["seconds"],
               "train_tokens_per_s": stats["tokens"] / stats["seconds"]}
     training.progress.history.append(record)
+    training.log.epoch_row(record, training.progress.updates, training.optimizer.param_groups[0]["lr"])
     return record
 
 

@@ -51,13 +51,14 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run_child(script: str, variant: str, workdir: str, extra: list) -> dict:
-    """Run `script --variant variant` in a fresh interpreter; its output goes to workdir/variant.log."""
+def run_child(script: str, variant: str, workdir: str, extra: list, python: str = sys.executable) -> dict:
+    """Run `script --variant variant` in a fresh interpreter (`python`, this one by default); its output goes to
+    workdir/variant.log."""
     log = os.path.join(workdir, f"{variant}.log")
     result = os.path.join(workdir, f"{variant}.json")
     started = time.perf_counter()
     with open(log, "w") as out:
-        code = subprocess.call([sys.executable, script, "--variant", variant, "--workdir", workdir, *extra],
+        code = subprocess.call([python, script, "--variant", variant, "--workdir", workdir, *extra],
                                stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     if code != 0 or not os.path.exists(result):
         with open(log) as f:

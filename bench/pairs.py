@@ -86,7 +86,7 @@ def run_trainer(args, variant: str) -> dict:
                               TrainingArguments, set_seed)
 
     from config import EMBEDDED_MODEL, resolve_model_path
-    from dataset import load_labelled_csv
+    from dataset import load_labelled_file
     from model import _quiet_transformers
     from runtime import cpu_has_bf16
     _quiet_transformers()
@@ -98,7 +98,7 @@ def run_trainer(args, variant: str) -> dict:
     model = BertForSequenceClassification.from_pretrained(path, num_labels=2)
 
     def items(name):
-        data = load_labelled_csv(os.path.join(args.workdir, name), "sentence", "answer", ANSWERS, False, "emotion")
+        data = load_labelled_file(os.path.join(args.workdir, name), "sentence", "answer", ANSWERS, False, "emotion")
         enc = tokenizer(data.texts, data.texts2, truncation=True, max_length=128)
         return [{"input_ids": i, "token_type_ids": t, "attention_mask": m, "labels": y} for i, t, m, y in
                 zip(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], data.labels)], data.labels

@@ -32,9 +32,10 @@ def main(argv=None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     import train
-    from dataset import BucketBatchSampler, Collator, class_counts, load_label_map, load_labelled_csv
+    from dataset import BucketBatchSampler, Collator, class_counts, load_label_map, load_labelled_file
     from engine import build_optimizer, build_scheduler, train_one_epoch
     from losses import make_loss
+    from runlog import EpochLog
     from runtime import setup_run
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -42,7 +43,7 @@ def main(argv=None) -> int:
     cfg = train.parse_config(["-d", os.path.join(root, "classes.json"), *args.train_flags])
     run = setup_run("cpu", cfg.precision)
     names = load_label_map(cfg.dict_path)
-    data = load_labelled_csv(os.path.join(root, "data", "train.csv"), cfg.text_col, cfg.label_col, names,
+    data = load_labelled_file(os.path.join(root, "data", "train.csv"), cfg.text_col, cfg.label_col, names,
                              cfg.multi_label)
     data.texts, data.labels = data.texts[:args.rows], data.labels[:args.rows]
     train.seed_everything(cfg.seed)
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
 
     def epoch(part, desc):
         return train_one_epoch(model, part, optimizer, scheduler, scaler, loss_fn, run, 1, cfg.max_grad_norm,
-                               10 ** 9, desc)
+                               EpochLog(run, 10 ** 9, desc))
     epoch(batches[:5], "warm-up")
     started = time.perf_counter()
     stats = epoch(batches, "timed")

@@ -12,6 +12,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# A fixed thread count for every run of the suite, in-process and in subprocesses: cpu_threads.adapt() would
+# otherwise lower it while this suite's own subprocesses compute, and the thread count changes float summation
+# order, which the bitwise resume and reproducibility tests would see. tests/test_cpu_threads.py tests adapt().
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 SHARED = os.path.join(ROOT, "..", "shared")
 NAMES = ["anger", "joy", "sadness"]
 # Each class has its own words, so that even a tiny random model learns the task in one or two epochs.

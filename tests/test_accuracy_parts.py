@@ -278,13 +278,13 @@ def test_multi_label_validation_split_keeps_every_class_and_is_seeded():
 def test_bench_converts_goemotions_tsv_to_the_csv_train_py_reads(tmp_path):
     from conftest import load_bench
     accuracy = load_bench("accuracy")
-    from dataset import load_labelled_csv
+    from dataset import load_labelled_file
     tsv = tmp_path / "train.tsv"
     # GoEmotions quotes nothing: a text may start with a quote character and hold commas
     tsv.write_text('"Quoted" start, and a comma\t0,2\tid1\nplain text\t1\tid2\n', encoding="utf-8")
     out = str(tmp_path / "train.csv")
     assert accuracy.convert_split(str(tsv), out) == 2
-    data = load_labelled_csv(out, "sentences", "emotion", NAMES, multi_label=True)
+    data = load_labelled_file(out, "sentences", "emotion", NAMES, multi_label=True)
     assert data.texts == ['"Quoted" start, and a comma', "plain text"]
     assert data.labels == [[0, 2], [1]]
 

@@ -102,7 +102,7 @@ PREDICT_CASES = [
      ["-d", "{dir}/c.json"], ["c.json: this label map differs from the one the model was trained with"]),
     ("predict label map missing", {}, ["-d", "{dir}/nope.json"], ["nope.json: label map not found"]),
     ("input folder missing", {}, ["-f", "{dir}/nowhere"], ["nowhere: input folder not found"]),
-    ("input folder without inputs", {"in/notes.md": "x"}, ["-f", "{dir}/in"], ["in: no .csv or .txt files to predict"]),
+    ("input folder without inputs", {"in/notes.md": "x"}, ["-f", "{dir}/in"], ["in: no .csv, .tsv, .jsonl, .parquet or .txt files to predict"]),
     ("predict max_length above the model", {}, ["--max_length", "1000"],
      ["--max_length 1000: this model supports at most 64 tokens"]),
 ]
@@ -202,9 +202,9 @@ def test_no_traceback_reaches_the_user(tiny_task, script, flags, expected):
 
 # ------------------------------------------------------------------------- accepted, with a warning or silently
 def load(folder, content, **kw):
-    from dataset import load_labelled_csv
+    from dataset import load_labelled_file
     plant(folder, {"t.csv": content})
-    return load_labelled_csv(str(folder / "t.csv"), "sentences", "emotion", ["anger", "joy", "sadness"],
+    return load_labelled_file(str(folder / "t.csv"), "sentences", "emotion", ["anger", "joy", "sadness"],
                              kw.get("multi_label", False))
 
 

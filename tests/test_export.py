@@ -136,3 +136,27 @@ def test_hf_export_refuses_a_pooling_its_head_does_not_compute(trained):
     code, _, err = call(export.main, ["--save_path", trained["save"], "--format", "hf", "--out",
                                       str(trained["dir"] / "hf_refused")])
     assert code == 2 and "train with --pooling pooler" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_precision_int8_runs_the_int8_graph_and_is_refused_where_there_is_none(trained, tmp_path):
+    import export
+    import predict
+    import train
+    out, plain = str(tmp_path / "int8"), str(tmp_path / "fp32_only")
+    assert call(export.main, ["--save_path", trained["save"], "--out", out, "--quantize", "int8"])[0] == 0
+    assert call(export.main, ["--save_path", trained["save"], "--out", plain])[0] == 0
+    texts = [t for t, _ in make_rows(9, seed=13)]
+    int8 = predict.load_classifier(out, device="cpu", precision="int8").predict(texts).probabilities
+    fp32 = predict.load_classifier(out, device="cpu", precision="fp32").predict(texts).probabilities
+    clf = predict.load_classifier(out, device="cpu", precision="fp32")
+    direct = export.onnx_probabilities(os.path.join(out, "model.int8.onnx"), clf.tokenizer, texts, None, clf.cfg,
+                                       clf.extra, clf.model.inputs, len(NAMES))
+    np.testing.assert_allclose(int8, direct, atol=1e-6)  # the int8 graph, not the fp32 one
+    assert 0 < np.abs(int8 - fp32).max() < 0.25  # quantised: close to fp32 (a tiny random model), not equal
+    from config import InputError
+    with pytest.raises(InputError, match="this export has no model.int8.onnx; make one with export.py --quantize int8"):
+        predict.load_classifier(plain, device="cpu", precision="int8")
+    with pytest.raises(InputError, match="runs the int8 graph of an ONNX export"):
+        predict.load_classifier(trained["save"], device="cpu", precision="int8")
+    code, _, err = call(train.main, ["--precision", "int8", "--save_path", str(tmp_path / "m")])
+    assert code == 2 and "--precision int8 is for predicting with an ONNX export" in err

@@ -132,18 +132,18 @@ def test_a_pair_model_refuses_txt_inputs_and_a_missing_second_column(tiny_bert, 
 
 def test_both_text_columns_get_the_row_and_column_checks(tmp_path):
     from config import InputError
-    from dataset import load_labelled_csv
+    from dataset import load_labelled_file
     path = write_csv(tmp_path / "p.csv", [("i feel happy", "joy", "yes"), ("i feel sad", "jo\x07y", "no"),
                                            ("i cry", "  ", "no"), ("i hate", "anger", "yes")],
                      header=("sentence", "emotion", "answer"))
     try:
-        load_labelled_csv(path, "sentence", "answer", ["no", "yes"], False, "emotion")
+        load_labelled_file(path, "sentence", "answer", ["no", "yes"], False, "emotion")
         raise AssertionError("a control character passed")
     except InputError as e:
         assert str(e) == f"{path}, row 3, column 'emotion': control character U+0007 at position 3"
     path = write_csv(tmp_path / "q.csv", [("i feel happy", "joy", "yes"), ("i cry", "  ", "no"),
                                            ("i hate", "anger", "yes")], header=("sentence", "emotion", "answer"))
-    data = load_labelled_csv(path, "sentence", "answer", ["no", "yes"], False, "emotion")
+    data = load_labelled_file(path, "sentence", "answer", ["no", "yes"], False, "emotion")
     assert data.texts == ["i feel happy", "i hate"] and data.texts2 == ["joy", "anger"] and data.rows == [2, 4]
 
 

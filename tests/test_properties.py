@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from config import InputError
-from dataset import iter_predict_file, load_label_map, load_labelled_csv
+from dataset import iter_predict_file, load_label_map, load_labelled_file
 
 NAMES = ["anger", "joy", "sadness"]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,7 +85,7 @@ def test_label_map_loads_or_says_why(content):
 def test_labelled_csv_loads_or_says_why(content, multi_label):
     path = _file(content, ".csv")
     try:
-        data = load_labelled_csv(path, "sentences", "emotion", NAMES, multi_label)
+        data = load_labelled_file(path, "sentences", "emotion", NAMES, multi_label)
     except InputError as e:
         assert path in str(e)
     else:

@@ -211,6 +211,7 @@ def test_gradient_accumulation_matches_one_large_batch(tiny_bert):
     """Two micro-batches of 4 accumulated give the update of one batch of 8 (dropout off, fp32)."""
     from dataset import Collator
     from engine import build_optimizer, build_scheduler, train_one_epoch
+    from runlog import EpochLog
     from runtime import Run
     from model import BertClassifier, load_pretrained_encoder
     from transformers import AutoTokenizer
@@ -233,6 +234,6 @@ def test_gradient_accumulation_matches_one_large_batch(tiny_bert):
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         loader = [collate(b) for b in batches]
         train_one_epoch(model, loader, optimizer, scheduler, scaler, torch.nn.CrossEntropyLoss(),
-                        Run(torch.device("cpu")), len(batches), 0.0, 100, "test")
+                        Run(torch.device("cpu")), len(batches), 0.0, EpochLog(Run(torch.device("cpu")), 100))
         weights.append(model.classifier.weight.detach().clone())
     assert torch.allclose(weights[0], weights[1], atol=1e-5)
