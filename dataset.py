@@ -451,7 +451,8 @@ def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list =
         head = probe.read(4)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise InputError(f"{path}: the file is UTF-16; save it as UTF-8")
-    with open(path, encoding="utf-8-sig", errors="strict", newline="") as f:
+    # a table is read as bytes and decoded line by line (tables.iter_records); a .txt file as text
+    with open(path, encoding="utf-8-sig", errors="strict", newline="") if is_txt else open(path, "rb") as f:
         if is_txt:
             records, text_cols, word = _text_lines(path, f), ("",), "row"
         else:

@@ -40,16 +40,27 @@ def _missing(path: str, where: str, columns: list, required: tuple, noun: str = 
                              f"name it with {flag}")
 
 
+def _decoded(path: str, lines):
+    """Text lines from text (passed through) or from the byte lines of a file opened in binary mode, each decoded
+    on its own so that a bad byte is named on its own line (a text-mode file decodes 8 KB ahead of the line read)."""
+    for number, line in enumerate(lines, start=1):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}, line {number}: not UTF-8 text (byte 0x{line[e.start:e.start + 1].hex()}); "
+                                 "save it as UTF-8")
+        yield line
+
+
 def _delimited(path: str, lines, required: tuple, fmt: str):
     """CSV or TSV (quoted as CSV, tab-separated) from an iterable of text lines."""
-    reader = csv.reader(lines, delimiter="\t" if fmt == "tsv" else ",", strict=True)
+    reader = csv.reader(_decoded(path, lines), delimiter="\t" if fmt == "tsv" else ",", strict=True)
     kind = fmt.upper()
     try:
         header = next(reader)
     except StopIteration:
         raise InputError(f"{path}: the file is empty")
-    except UnicodeDecodeError as e:
-        raise _utf8_error(path, "row 1", e)
     except csv.Error as e:
         raise InputError(f"{path}, row 1: malformed {kind} header ({e})")
     header = [h.strip() for h in header]
@@ -64,8 +75,6 @@ def _delimited(path: str, lines, required: tuple, fmt: str):
             fields = next(reader)
         except StopIteration:
             return
-        except UnicodeDecodeError as e:
-            raise _utf8_error(path, f"row {row + 1}", e)
         except csv.Error as e:  # a quote left open swallows the rest of the file: name the row it opened on
             raise InputError(f"{path}, row {row + 1} (line {reader.line_num}): malformed {kind} ({e})")
         row += 1
@@ -93,15 +102,7 @@ def _json_text(value):
 
 def _jsonl(path: str, lines, required: tuple, text_cols: tuple):
     """JSON lines: one object a line; blank lines are skipped."""
-    number, lines = 0, iter(lines)
-    while True:
-        try:
-            line = next(lines)
-        except StopIteration:
-            return
-        except UnicodeDecodeError as e:
-            raise _utf8_error(path, f"line {number + 1}", e)
-        number += 1
+    for number, line in enumerate(_decoded(path, lines), start=1):
         if not line.strip():
             continue
         try:
@@ -169,16 +170,11 @@ def _parquet(path: str, required: tuple, text_cols: tuple):
         raise InputError(f"{path}, after row {row}: unreadable Parquet data ({str(e).splitlines()[0]})")
 
 
-def _utf8_error(path: str, where: str, e: UnicodeDecodeError) -> InputError:
-    return InputError(f"{path}, {where}: not UTF-8 text (byte 0x{e.object[e.start:e.start + 1].hex()}); "
-                      "save it as UTF-8")
-
-
 def iter_records(path: str, required: tuple, text: str = None, text_cols: tuple = (), stream=None):
     """Yield (number, {column: text}, problem) for the columns of `required` ((column, flag) pairs) of a table.
 
     Text formats are read from `text` (training decodes whole files first, to name the byte of a bad encoding)
-    or from `stream`, an open text file (prediction). `text_cols` are the columns that must hold text (a Parquet
+    or from `stream`, a file opened in binary mode (prediction). `text_cols` are the columns that must hold text (a Parquet
     label column may also hold ids or lists).
     """
     fmt = table_format(path)

@@ -1,7 +1,8 @@
 """One Optimum contender of bench/predict_vs_hf.py, run by the Python of Optimum's own virtualenv.
 
 Optimum's onnxruntime integration (optimum-onnx) pins transformers 4.x, which this project does not run on, so it
-lives in a virtualenv of its own (bench/make_optimum_venv.sh) and this script imports nothing of the project.
+lives in a virtualenv of its own (bench/make_optimum_venv.sh) and this script imports nothing of the project
+(only bench/common.py, which needs the standard library).
 It does what an Optimum user does with a Hugging Face folder (export.py --format hf, the same weights and
 calibrated head as ours): ORTModelForSequenceClassification.from_pretrained(folder, export=True), for int8
 ORTQuantizer with AutoQuantizationConfig.avx512_vnni(is_static=False) (dynamic quantisation, the recipe
@@ -13,7 +14,11 @@ import argparse
 import csv
 import json
 import os
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import timed_pipeline  # standard library only at import: safe in Optimum's virtualenv
 
 
 def peak_rss_mb() -> float:
@@ -54,13 +59,7 @@ def main() -> int:
                     truncation=True, max_length=args.max_length)
     with open(os.path.join(args.workdir, "inputs", "dev.csv"), encoding="utf-8", newline="") as f:
         texts = [row["sentences"] for row in csv.DictReader(f)]
-    started, cpu_started = time.perf_counter(), time.process_time()
-    outputs = pipe(texts)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    probs = np.zeros((len(texts), len(names)), dtype=np.float32)
-    for row, scores in enumerate(outputs):
-        for s in scores:
-            probs[row, names.index(s["label"])] = s["score"]
+    probs, seconds, cpu_seconds = timed_pipeline(pipe, texts, names)
     np.save(os.path.join(args.workdir, f"{args.variant}.npy"), probs)
     latencies = []
     for text in texts[:10] + texts[:args.latency_calls]:  # 10 warm-up calls, not counted

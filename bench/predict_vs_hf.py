@@ -122,20 +122,14 @@ def run_pipeline(args, variant: str) -> dict:
     from transformers import pipeline
 
     from checkpoint import load_model
-    from common import read_column
+    from common import read_column, timed_pipeline
     model, tokenizer, cfg, names, extra = load_model(args.model, torch.device("cpu"))
     assert cfg.pooling == "pooler", f"{args.model}: trained with --pooling {cfg.pooling}; the bench needs pooler"
     hf = hf_copy(model, names, extra.get("temperature", 1.0))
     pipe = pipeline("text-classification", model=hf, tokenizer=tokenizer, device="cpu", batch_size=32,
                     top_k=None, truncation=True, max_length=cfg.max_length)
     texts = read_column(os.path.join(args.workdir, "inputs", "dev.csv"), "sentences")
-    started, cpu_started = time.perf_counter(), time.process_time()
-    outputs = pipe(texts)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    probs = np.zeros((len(texts), len(names)), dtype=np.float32)
-    for row, scores in enumerate(outputs):
-        for s in scores:
-            probs[row, names.index(s["label"])] = s["score"]
+    probs, seconds, cpu_seconds = timed_pipeline(pipe, texts, names)
     np.save(os.path.join(args.workdir, f"{variant}.npy"), probs)
     tokens = sum(len(x) for x in tokenizer(texts, truncation=True, max_length=cfg.max_length)["input_ids"])
     return {"sentences_s": len(texts) / seconds, "tokens_s": tokens / seconds,

@@ -240,3 +240,15 @@ def test_report_reads_labels_from_a_parquet_input(trained_jsonl, tmp_path):
     assert "dev.parquet: accuracy" in stdout
     assert os.path.isfile(out / "report_dev" / "metrics.json")
     assert not [n for n in os.listdir(out / "report_dev") if n.endswith((".csv", ".jsonl", ".parquet"))]
+
+
+@pytest.mark.parametrize("name, line", [("t.tsv", 4), ("t.jsonl", 3)])
+def test_a_byte_that_is_not_utf8_is_named_by_line_when_streamed(tmp_path, name, line):
+    from config import InputError
+    from dataset import iter_predict_file
+    good = '{"sentences": "fine"}\n' if name.endswith(".jsonl") else "sentences\nfine\n"
+    bad = '{"sentences": "caf\xe9"}\n'.encode("latin-1") if name.endswith(".jsonl") else "caf\xe9\n".encode("latin-1")
+    filler = ('{"sentences": "%s"}\n' if name.endswith(".jsonl") else "%s\n") % ("x" * 20000)  # past a read buffer
+    (tmp_path / name).write_bytes((good + filler).encode() + bad)
+    with pytest.raises(InputError, match=rf"{name}, line {line}: not UTF-8 text \(byte 0xe9\); save it as UTF-8"):
+        list(iter_predict_file(str(tmp_path / name), "sentences", 100))

@@ -14,24 +14,12 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 
 from conftest import make_rows, run_script, write_classes, write_csv
+from test_resume import one_thread  # noqa: F401 (one_thread: autouse fixture, one intra-op thread)
 
 UPDATES_PER_EPOCH = 11
 # the plain progress line off a terminal: epoch, the epoch's updates, loss, lr, samples/s, ETA
 PLAIN = re.compile(r"^epoch (\d+)/(\d+)  step (\d+)/11  loss \d+\.\d{4}  lr \d\.\de[-+]\d\d  [\d.]+ samples/s  "
                    r"ETA (\d+m)?\d+s$")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread, here and in subprocesses, as tests/test_resume.py: a tiny model's steps are faster so on a
-    busy 2-core machine."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
