@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cpu_threads
 
 cpu_threads.configure()  # before torch loads: OpenMP reads its thread count and wait policy once, at load time
+PROCESS_STARTED = time.perf_counter()  # what the imports below cost shows in the closing time line
 import numpy as np
 import torch
 
@@ -113,15 +114,42 @@ def main(argv=None) -> int:
             raise RunFault(f"{e}; {model_in_place(cfg.save_path)}")
 
 
+class Phases:
+    """Wall time of each part of the command, for the closing line: where a short run's fixed costs go."""
+    first = [True]  # only the first run of a process counts its imports (tests run train.main many times)
+
+    def __init__(self):
+        first_run = bool(Phases.first)
+        Phases.first.clear()
+        self.last, self.seconds = time.perf_counter(), {}
+        self.started = PROCESS_STARTED if first_run else self.last
+        if first_run:
+            self.seconds["start-up and imports"] = self.last - self.started
+
+    def mark(self, name: str) -> float:
+        """Add the time since the previous mark to `name`; returns it."""
+        now = time.perf_counter()
+        spent, self.last = now - self.last, now
+        self.seconds[name] = self.seconds.get(name, 0.0) + spent
+        return spent
+
+    def summary(self) -> str:
+        total = time.perf_counter() - self.started
+        return f"time: {total:.1f}s in all: " + ", ".join(f"{name} {s:.1f}s ({100 * s / total:.0f}%)"
+                                                         for name, s in self.seconds.items())
+
+
 def train(cfg: Config, stop: StopRequest) -> int:
     """Train one process (one rank of several under DDP); PREEMPTED_EXIT if stopped by a signal."""
+    phases = Phases()
     names, train_data, valid_data = load_data(cfg)
+    phases.mark("read and check data")
     run = start_run(cfg)
     seed_everything(cfg.seed)
     model, tokenizer, model_path = build_model(cfg, len(names), run)
-    started = time.perf_counter()
+    phases.mark("load the model")
     train_set, valid_set = (encode_rows(d, model, tokenizer, model_path, cfg, run) for d in (train_data, valid_data))
-    encode_s = time.perf_counter() - started
+    encode_s = phases.mark("tokenise")
     loss_fn = make_loss(cfg, class_counts(train_data.labels, len(names), cfg.multi_label), len(train_data.labels),
                         run.device)
     training = Training.build(cfg, run, wrap_for_parallel(model, cfg, run), loss_fn, train_set,
@@ -132,25 +160,31 @@ def train(cfg: Config, stop: StopRequest) -> int:
     progress = training.progress = start_or_resume(cfg, run, model, training.optimizer, training.scheduler,
                                                    training.scaler)
     with RunLog(cfg.save_path, run, cfg.tensorboard, progress.updates or None, progress.epoch) as training.log:
+        phases.mark("set up training")
         for epoch in range(progress.epoch, cfg.n_epochs + 1):
             if cfg.early_stop > 0 and progress.stale >= cfg.early_stop:
                 run.print(f"early stop: {progress.stale} epoch(s) without a better valid {cfg.metric}")
                 break
             stats = training.train_epoch(epoch)
+            phases.mark("train")
             if stop.stopping:
                 return stopped(run, stop, f"stopped after update {progress.updates}, resumable checkpoint in "
                                           f"{cfg.save_path}/resume")
             logits = engine.evaluate(training.model, valid_loader, run, len(valid_set))
+            phases.mark("validate")
             record = score_epoch(training, epoch, stats, logits, valid_data.labels, len(names))
             improved = keep_if_best(training, record, logits)
             print_epoch(run, record, improved)
             if improved and run.is_main:
                 save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
             training.end_epoch(epoch)
+            phases.mark("save")
             if stop.stopping:
                 return stopped(run, stop, f"stopped after epoch {epoch}")
         with writing(cfg.save_path):
             finish(cfg, run, progress, valid_data.labels, names)
+        phases.mark("calibrate and report")
+        run.print(phases.summary())
         return 0
 
 

@@ -237,3 +237,16 @@ def test_gradient_accumulation_matches_one_large_batch(tiny_bert):
                         Run(torch.device("cpu")), len(batches), 0.0, EpochLog(Run(torch.device("cpu")), 100))
         weights.append(model.classifier.weight.detach().clone())
     assert torch.allclose(weights[0], weights[1], atol=1e-5)
+
+
+def test_the_closing_line_says_where_the_time_went(tmp_path, tiny_bert):
+    import re
+
+    from conftest import train_tiny
+    _, _, out = train_tiny(tmp_path, tiny_bert, 40, 2)
+    line = next(l for l in out.splitlines() if l.startswith("time: "))
+    total = float(re.match(r"time: ([\d.]+)s in all: ", line).group(1))
+    parts = dict((name, float(s)) for name, s in re.findall(r"([a-z][a-z -]+?) ([\d.]+)s \(\d+%\)", line))
+    assert {"read and check data", "load the model", "tokenise", "set up training", "train", "validate", "save",
+            "calibrate and report"} <= set(parts), line
+    assert abs(sum(parts.values()) - total) <= 0.1 * len(parts) + 0.05, line  # the parts add up (rounding)
