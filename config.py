@@ -41,7 +41,8 @@ class Config:
     # data
     train_path: str = opt("data/train.csv", "training sentences: .csv, .tsv, .jsonl or .parquet (validation is split "
                           "from it unless --valid_path)")
-    valid_path: str = opt("", "optional validation file (any --train_path format); empty = a stratified, seeded split of --train_path")
+    valid_path: str = opt("", "optional validation file (any --train_path format); empty = a stratified, "
+                          "seeded split of --train_path")
     valid_frac: float = opt(0.1, "fraction of --train_path held out for validation when --valid_path is empty")
     dict_path: str = opt("classes.json", "JSON label map {class name: id}, ids from 0 and contiguous",
                          flags=("-d", "--dict_path"), group="both")
@@ -92,7 +93,8 @@ class Config:
                          group="both")
     device: str = opt("auto", "auto (CUDA if present, else CPU), cpu, cuda or cuda:N", group="both")
     precision: str = opt("auto", "auto (bf16 where the hardware has it, fp16 on older GPUs, else fp32), "
-                         "fp32, bf16 or fp16; int8 (predict.py, CPU): an ONNX export's int8 graph", choices=PRECISIONS, group="both")
+                         "fp32, bf16 or fp16; int8 (predict.py, CPU): an ONNX export's int8 graph",
+                         choices=PRECISIONS, group="both")
     parallel: bool = opt(False, "use every GPU of the machine (see --parallel_mode)", flags=("-p", "--parallel"),
                          group="both")
     parallel_mode: str = opt("ddp", "with -p True: ddp (one process per GPU) or dp (nn.DataParallel)",
@@ -107,7 +109,8 @@ class Config:
     save_every: int = opt(0, "optimizer updates between resumable checkpoints in save_path/resume, also saved at "
                           "the end of each epoch (0 = only when stopped by SIGUSR1 or SIGTERM)")
     # prediction
-    input_dir: str = opt("inputs", "folder whose .csv, .tsv, .jsonl, .parquet and .txt files are predicted", flags=("-f", "--input_dir"),
+    input_dir: str = opt("inputs", "folder whose .csv, .tsv, .jsonl, .parquet and .txt files are predicted",
+                         flags=("-f", "--input_dir"),
                          group="predict")
     out_dir: str = opt("predictions", "folder for the predictions files (one per input file)", group="predict")
     out_format: str = opt("csv", "format of the predictions files: csv, jsonl or parquet", choices=OUT_FORMATS,

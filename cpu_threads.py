@@ -16,7 +16,8 @@ library loads, so `configure()` runs at the top of train.py and predict.py, befo
   idle speed; spinning at all collapses beside a busy core), and one thread runs as fast beside a neighbour as
   alone. So `adapt()`, called by the training and prediction loops, looks every ADAPT_EVERY seconds at how much of
   our CPUs other processes used (/proc/stat less our own CPU time, the first look at start-up) and, while they use a
-  CPU's worth, computes on one thread fewer per CPU taken; when they stop, it takes the threads back. Not with an explicit OMP_NUM_THREADS.
+  CPU's worth, computes on one thread fewer per CPU taken; when they stop, it takes the threads back. Not with an
+  explicit OMP_NUM_THREADS.
 """
 import math
 import os

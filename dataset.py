@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from config import InputError
-from tables import iter_records, table_columns, table_format, unit
+from tables import decoded_lines, iter_records, table_columns, table_format, unit
 
 MAX_PROBLEMS = 20
 INT_RE = re.compile(r"^[+-]?\d+$")
@@ -426,14 +426,10 @@ def has_column(path: str, column: str) -> bool:
 
 
 def _text_lines(path: str, f):
-    """A .txt file's lines as the records of a table whose one column is the text."""
-    number = 0
-    try:
-        for number, line in enumerate(f, start=1):
-            yield number, {"": line.rstrip("\r\n")}, None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}, row {number + 1}: not UTF-8 text (byte 0x{e.object[e.start:e.start + 1].hex()}); "
-                         "save it as UTF-8")
+    """A .txt file's lines (from a file opened in binary mode) as the records of a table whose one column is the
+    text; a line is a row."""
+    for number, line in enumerate(decoded_lines(path, f, "row"), start=1):
+        yield number, {"": line.rstrip("\r\n")}, None
 
 
 def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list = None, text_col2: str = ""):
@@ -451,8 +447,7 @@ def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list =
         head = probe.read(4)
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise InputError(f"{path}: the file is UTF-16; save it as UTF-8")
-    # a table is read as bytes and decoded line by line (tables.iter_records); a .txt file as text
-    with open(path, encoding="utf-8-sig", errors="strict", newline="") if is_txt else open(path, "rb") as f:
+    with open(path, "rb") as f:  # decoded line by line (tables.decoded_lines): a bad byte is named on its line
         if is_txt:
             records, text_cols, word = _text_lines(path, f), ("",), "row"
         else:

@@ -10,8 +10,9 @@ from config import InputError
 
 
 class OnnxClassifier:
-    """An export.py folder's graph (fp32, or int8) behind the calls predict.py makes of a BertClassifier: logits from tensors
-    (run by onnxruntime on the CPU), the class count, the inputs it takes, the longest input it was made for."""
+    """An export.py folder's graph (fp32, or int8) behind the calls predict.py makes of a BertClassifier: logits
+    from tensors (run by onnxruntime on the CPU), the class count, the inputs it takes, the longest input it was
+    made for."""
 
     def __init__(self, graph_path: str, inputs: list, n_classes: int, max_length: int):
         import onnxruntime

@@ -5,10 +5,10 @@
     python predict.py -f test_folder/ -d classes.json --report True   # labelled CSVs: + out_dir/report_<stem>/
     python predict.py -f big_folder/ -d classes.json -p True      # every GPU: rows shared out, output in order
 
-Each input file gets a predictions file in --out_dir (CSV, or --out_format jsonl or parquet): the sentence (both texts for a pair model), the predicted class
-in `label` (multi-label: the chosen classes joined by commas) and one column per class, named as the class, with
-its probability. A table input (.csv, .tsv, .jsonl, .parquet) is read from its text column (and --text_col2 for
-pairs); a .txt input has one sentence per line. Files are streamed in
+Each input file gets a predictions file in --out_dir (CSV, or --out_format jsonl or parquet): the sentence (both
+texts for a pair model), the predicted class in `label` (multi-label: the chosen classes joined by commas) and one
+column per class, named as the class, with its probability. A table input (.csv, .tsv, .jsonl, .parquet) is read
+from its text column (and --text_col2 for pairs); a .txt input has one sentence per line. Files are streamed in
 chunks, so memory stays flat whatever their size, and rows keep their input order. A file already predicted
 by the same model and unchanged since is skipped unless --overwrite. A bad file is reported and skipped; the
 exit code is then 1. The model, its tokenizer, label map and settings all come from --save_path.
@@ -193,8 +193,8 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     # every rank reads the file and predicts its share of each chunk; rank 0 alone writes
     text_cols = [cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])]
     with atomic_path(out_path) if run.is_main else contextlib.nullcontext(os.devnull) as tmp, \
-            PredictionWriter(tmp, cfg.out_format if run.is_main else "csv", [*text_cols, "label", *names],
-                             len(text_cols)) as writer:
+            PredictionWriter(tmp, cfg.out_format if run.is_main else "csv",
+                             [*text_cols, "label", *names]) as writer:
         for _, texts, texts2 in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped, cfg.text_col2):
             probs = predict_sharded(model, tokenizer, texts, cfg, run, temperature, counts, texts2)
             chosen = decide(probs, cfg.multi_label, thresholds, cfg.allow_empty)

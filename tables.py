@@ -2,10 +2,10 @@
 
 Every reader yields the same thing, `(number, record, problem)`: `number` is the place in the file the way its
 format counts (`unit(path)` names it: the row of a CSV or TSV, whose header is row 1; the line of a JSON-lines
-file; the row of the data of a Parquet file, which has no header row), `record` maps each asked-for column to its text, and `problem` says why a row
-could not be read (then `record` is None). So every check in dataset.py gives its file/row/column message in
-every format. Text formats are streamed line by line, Parquet in record batches, so a prediction file of any
-size is read in bounded memory.
+file; the row of the data of a Parquet file, which has no header row), `record` maps each asked-for column to its
+text, and `problem` says why a row could not be read (then `record` is None). So every check in dataset.py gives
+its file/row/column message in every format. Text formats are streamed line by line, Parquet in record batches,
+so a prediction file of any size is read in bounded memory.
 
 Writers take rows of [text(s)..., label, probabilities...] and write them to a path that the caller renames into
 place (checkpoint.atomic_path), so a predictions file is never half-written.
@@ -36,26 +36,27 @@ def unit(path: str) -> str:
 def _missing(path: str, where: str, columns: list, required: tuple, noun: str = "column") -> None:
     for col, flag in required:
         if col not in columns:
-            raise InputError(f"{path}{', ' + where if where else ''}: no {noun} '{col}' ({noun}s: {', '.join(columns) or 'none'}); "
-                             f"name it with {flag}")
+            raise InputError(f"{path}{', ' + where if where else ''}: no {noun} '{col}' "
+                             f"({noun}s: {', '.join(columns) or 'none'}); name it with {flag}")
 
 
-def _decoded(path: str, lines):
+def decoded_lines(path: str, lines, word: str = "line"):
     """Text lines from text (passed through) or from the byte lines of a file opened in binary mode, each decoded
-    on its own so that a bad byte is named on its own line (a text-mode file decodes 8 KB ahead of the line read)."""
+    on its own so that a bad byte is named on its own line (a text-mode file decodes 8 KB ahead of the line read);
+    `word` is what the message calls a line."""
     for number, line in enumerate(lines, start=1):
         if isinstance(line, bytes):
             try:
                 line = line.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(f"{path}, line {number}: not UTF-8 text (byte 0x{line[e.start:e.start + 1].hex()}); "
+                raise InputError(f"{path}, {word} {number}: not UTF-8 text (byte 0x{line[e.start:e.start + 1].hex()}); "
                                  "save it as UTF-8")
         yield line
 
 
 def _delimited(path: str, lines, required: tuple, fmt: str):
     """CSV or TSV (quoted as CSV, tab-separated) from an iterable of text lines."""
-    reader = csv.reader(_decoded(path, lines), delimiter="\t" if fmt == "tsv" else ",", strict=True)
+    reader = csv.reader(decoded_lines(path, lines), delimiter="\t" if fmt == "tsv" else ",", strict=True)
     kind = fmt.upper()
     try:
         header = next(reader)
@@ -86,23 +87,26 @@ def _delimited(path: str, lines, required: tuple, fmt: str):
         yield row, {col: fields[c] for (col, _), c in zip(required, cols)}, None
 
 
-def _json_text(value):
-    """A JSON value as the text of a cell: strings as they are, integers (label ids) and lists (several labels)
-    as CSV would hold them; None for null. Anything else raises ValueError."""
+def _json_text(value, text_only: bool = False):
+    """A JSON value as the text of a cell: strings as they are, None (null) as a blank; unless `text_only` (a text
+    column), integers (label ids) and lists (several labels) as CSV would hold them. Anything else raises
+    ValueError."""
     if value is None:
         return ""
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    def label_id(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if label_id(value) and not text_only:
         return str(value)
-    if isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+    if isinstance(value, list) and not text_only and all(isinstance(v, str) or label_id(v) for v in value):
         return ",".join(str(v) for v in value)
     raise ValueError(f"holds {type(value).__name__} {json.dumps(value)[:40]}, expected text")
 
 
 def _jsonl(path: str, lines, required: tuple, text_cols: tuple):
     """JSON lines: one object a line; blank lines are skipped."""
-    for number, line in enumerate(_decoded(path, lines), start=1):
+    for number, line in enumerate(decoded_lines(path, lines), start=1):
         if not line.strip():
             continue
         try:
@@ -117,9 +121,7 @@ def _jsonl(path: str, lines, required: tuple, text_cols: tuple):
         record, problem = {}, None
         for col, _ in required:
             try:
-                if col in text_cols and not isinstance(obj[col], (str, type(None))):
-                    raise ValueError(f"holds {type(obj[col]).__name__} {json.dumps(obj[col])[:40]}, expected text")
-                record[col] = _json_text(obj[col])
+                record[col] = _json_text(obj[col], text_only=col in text_cols)
             except ValueError as e:
                 problem = f"key '{col}' {e}"
                 break
@@ -137,14 +139,15 @@ def _parquet_file(path: str):
         raise InputError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})")
 
 
-def _check_parquet_type(path: str, col: str, kind) -> None:
-    """Text columns must hold strings; a label column may also hold integer ids or lists of names or ids."""
+def _check_parquet_type(path: str, col: str, kind, text_only: bool) -> None:
+    """Text columns (`text_only`) must hold strings; a label column may also hold integer ids or lists of names or
+    ids."""
     import pyarrow.types as pt
 
     def textual(t):
-        return pt.is_string(t) or pt.is_large_string(t) or pt.is_null(t) or pt.is_integer(t)
-    ok = textual(kind) or (pt.is_list(kind) or pt.is_large_list(kind)) and textual(kind.value_type)
-    if not ok:
+        return pt.is_string(t) or pt.is_large_string(t) or pt.is_null(t) or (pt.is_integer(t) and not text_only)
+    listed = not text_only and (pt.is_list(kind) or pt.is_large_list(kind)) and textual(kind.value_type)
+    if not (textual(kind) or listed):
         raise InputError(f"{path}, column '{col}': holds {kind}, expected text (strings)")
 
 
@@ -152,12 +155,8 @@ def _parquet(path: str, required: tuple, text_cols: tuple):
     pf = _parquet_file(path)
     schema = pf.schema_arrow
     _missing(path, "", schema.names, required)
-    import pyarrow.types as pt
     for col, _ in required:
-        kind = schema.field(col).type
-        if col in text_cols and not (pt.is_string(kind) or pt.is_large_string(kind) or pt.is_null(kind)):
-            raise InputError(f"{path}, column '{col}': holds {kind}, expected text (strings)")
-        _check_parquet_type(path, col, kind)
+        _check_parquet_type(path, col, schema.field(col).type, col in text_cols)
     names = [col for col, _ in required]
     row = 0
     try:
@@ -174,8 +173,8 @@ def iter_records(path: str, required: tuple, text: str = None, text_cols: tuple 
     """Yield (number, {column: text}, problem) for the columns of `required` ((column, flag) pairs) of a table.
 
     Text formats are read from `text` (training decodes whole files first, to name the byte of a bad encoding)
-    or from `stream`, a file opened in binary mode (prediction). `text_cols` are the columns that must hold text (a Parquet
-    label column may also hold ids or lists).
+    or from `stream`, a file opened in binary mode (prediction). `text_cols` are the columns that must hold text
+    (a label column may also hold ids or lists, in JSON lines and Parquet).
     """
     fmt = table_format(path)
     if fmt == "parquet":
@@ -206,10 +205,11 @@ def table_columns(path: str) -> list:
 
 
 class PredictionWriter:
-    """Rows of predictions into `path` as CSV, JSON lines or Parquet; used as a context manager."""
+    """Rows of predictions into `path` as CSV, JSON lines or Parquet; used as a context manager. A file with no rows
+    is never kept: predict.py refuses such an input inside the context, and the caller's temporary file goes."""
 
-    def __init__(self, path: str, fmt: str, columns: list, n_texts: int):
-        self.fmt, self.columns, self.n_texts = fmt, columns, n_texts
+    def __init__(self, path: str, fmt: str, columns: list):
+        self.fmt, self.columns = fmt, columns
         self.path, self.file, self.parquet = path, None, None
         if fmt in ("csv", "jsonl"):
             self.file = open(path, "w", encoding="utf-8", newline="")
@@ -245,11 +245,5 @@ class PredictionWriter:
     def __exit__(self, *exc) -> None:
         if self.parquet is not None:
             self.parquet.close()
-        elif self.fmt == "parquet" and exc[0] is None:  # no rows: an empty file would not be Parquet
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-            fields = [pa.field(c, pa.string()) for c in self.columns[:self.n_texts + 1]]
-            fields += [pa.field(c, pa.float64()) for c in self.columns[self.n_texts + 1:]]
-            pq.write_table(pa.schema(fields).empty_table(), self.path)
         if self.file is not None:
             self.file.close()

@@ -116,14 +116,12 @@ def main(argv=None) -> int:
 
 class Phases:
     """Wall time of each part of the command, for the closing line: where a short run's fixed costs go."""
-    first = [True]  # only the first run of a process counts its imports (tests run train.main many times)
+    unclaimed_start = PROCESS_STARTED  # the first run of a process counts its imports (tests run train.main often)
 
     def __init__(self):
-        first_run = bool(Phases.first)
-        Phases.first.clear()
         self.last, self.seconds = time.perf_counter(), {}
-        self.started = PROCESS_STARTED if first_run else self.last
-        if first_run:
+        self.started, Phases.unclaimed_start = Phases.unclaimed_start or self.last, None
+        if self.last > self.started:
             self.seconds["start-up and imports"] = self.last - self.started
 
     def mark(self, name: str) -> float:

@@ -126,69 +126,41 @@ def test_trained_from_jsonl_and_parquet_predicts_the_same_in_every_format(traine
 
 
 # ------------------------------------------------------------------------------------------- bad input
-def bad_jsonl(path):
-    path.write_text('{"sentences": "ok", "emotion": "joy"}\n{"sentences": "broken", "emotion": \n', "utf-8")
-
-
-def jsonl_array(path):
-    path.write_text('{"sentences": "ok", "emotion": "joy"}\n["a list", "joy"]\n', "utf-8")
-
-
-def jsonl_number_text(path):
-    path.write_text('{"sentences": "ok", "emotion": "joy"}\n{"sentences": 12, "emotion": "joy"}\n', "utf-8")
-
-
-def jsonl_missing_key(path):
-    path.write_text('{"text": "ok", "emotion": "joy"}\n', "utf-8")
-
-
-def jsonl_wrong_label(path):
-    path.write_text('{"sentences": "ok", "emotion": "joy"}\n\n{"sentences": "no", "emotion": "fear"}\n', "utf-8")
-
-
-def parquet_int_text(path):
-    pq.write_table(pa.table({"sentences": [1, 2], "emotion": ["joy", "anger"]}), str(path))
-
-
-def parquet_float_label(path):
-    pq.write_table(pa.table({"sentences": ["a", "b"], "emotion": [0.5, 1.0]}), str(path))
-
-
-def parquet_control_char(path):
-    pq.write_table(pa.table({"sentences": ["fine", "bad\x07bell"], "emotion": ["joy", "anger"]}), str(path))
-
-
-def not_parquet(path):
-    path.write_text("sentences,emotion\nhello,joy\n", "utf-8")
-
-
-def tsv_stray_quote(path):
-    path.write_text('sentences\temotion\nfine\tjoy\n"unclosed quote\tanger\nmore\tjoy\n', "utf-8")
-
-
-def tsv_fields(path):
-    path.write_text("sentences\temotion\nfine\tjoy\textra\n", "utf-8")
-
-
+# (test id, file name, its content: text, or a dict of Parquet columns, what the one line says)
+OK_JSON = '{"sentences": "ok", "emotion": "joy"}\n'
 BAD = [
-    ("t.jsonl", bad_jsonl, "t.jsonl, line 2: not valid JSON"),
-    ("t.jsonl", jsonl_array, "t.jsonl, line 2: a JSON list, expected an object"),
-    ("t.jsonl", jsonl_number_text, "t.jsonl, line 2: key 'sentences' holds int 12, expected text"),
-    ("t.jsonl", jsonl_missing_key, "t.jsonl, line 1: no key 'sentences' (keys: text, emotion); name it with --text_col"),
-    ("t.jsonl", jsonl_wrong_label, "t.jsonl, line 3, column 'emotion': label 'fear' is not a class of the label map"),
-    ("t.parquet", parquet_int_text, "t.parquet, column 'sentences': holds int64, expected text (strings)"),
-    ("t.parquet", parquet_float_label, "t.parquet, column 'emotion': holds double, expected text (strings)"),
-    ("t.parquet", parquet_control_char, "t.parquet, row 2, column 'sentences': control character U+0007"),
-    ("t.parquet", not_parquet, "t.parquet: not a readable Parquet file"),
-    ("t.tsv", tsv_stray_quote, "t.tsv, row 3 (line 4): malformed TSV"),
-    ("t.tsv", tsv_fields, "t.tsv, row 2: 3 fields where the header has 2"),
+    ("bad_jsonl", "t.jsonl", OK_JSON + '{"sentences": "broken", "emotion": \n', "t.jsonl, line 2: not valid JSON"),
+    ("jsonl_array", "t.jsonl", OK_JSON + '["a list", "joy"]\n', "t.jsonl, line 2: a JSON list, expected an object"),
+    ("jsonl_number_text", "t.jsonl", OK_JSON + '{"sentences": 12, "emotion": "joy"}\n',
+     "t.jsonl, line 2: key 'sentences' holds int 12, expected text"),
+    ("jsonl_missing_key", "t.jsonl", '{"text": "ok", "emotion": "joy"}\n',
+     "t.jsonl, line 1: no key 'sentences' (keys: text, emotion); name it with --text_col"),
+    ("jsonl_wrong_label", "t.jsonl", OK_JSON + '\n{"sentences": "no", "emotion": "fear"}\n',
+     "t.jsonl, line 3, column 'emotion': label 'fear' is not a class of the label map"),
+    ("parquet_int_text", "t.parquet", {"sentences": [1, 2], "emotion": ["joy", "anger"]},
+     "t.parquet, column 'sentences': holds int64, expected text (strings)"),
+    ("parquet_float_label", "t.parquet", {"sentences": ["a", "b"], "emotion": [0.5, 1.0]},
+     "t.parquet, column 'emotion': holds double, expected text (strings)"),
+    ("parquet_control_char", "t.parquet", {"sentences": ["fine", "bad\x07bell"], "emotion": ["joy", "anger"]},
+     "t.parquet, row 2, column 'sentences': control character U+0007"),
+    ("not_parquet", "t.parquet", "sentences,emotion\nhello,joy\n", "t.parquet: not a readable Parquet file"),
+    ("tsv_stray_quote", "t.tsv", 'sentences\temotion\nfine\tjoy\n"unclosed quote\tanger\nmore\tjoy\n',
+     "t.tsv, row 3 (line 4): malformed TSV"),
+    ("tsv_fields", "t.tsv", "sentences\temotion\nfine\tjoy\textra\n", "t.tsv, row 2: 3 fields where the header has 2"),
 ]
 
 
-@pytest.mark.parametrize("name, make, expected", BAD, ids=[b[1].__name__ for b in BAD])
-def test_bad_training_file_is_one_line_exit_2(tmp_path, tiny_bert, name, make, expected):
+def plant(path, content) -> None:
+    if isinstance(content, dict):
+        pq.write_table(pa.table(content), str(path))
+    else:
+        path.write_text(content, "utf-8")
+
+
+@pytest.mark.parametrize("name, content, expected", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_training_file_is_one_line_exit_2(tmp_path, tiny_bert, name, content, expected):
     import train
-    make(tmp_path / name)
+    plant(tmp_path / name, content)
     classes = write_classes(tmp_path / "classes.json")
     before = sorted(os.listdir(tmp_path))
     code, out, err = call(train.main, ["-d", classes, "-p", "False", "--train_path", str(tmp_path / name),
@@ -199,16 +171,16 @@ def test_bad_training_file_is_one_line_exit_2(tmp_path, tiny_bert, name, make, e
     assert sorted(os.listdir(tmp_path)) == before, "a refused run wrote files"
 
 
-PREDICT_BAD = [b for b in BAD if b[1] not in (jsonl_wrong_label, parquet_float_label, jsonl_missing_key)]
+PREDICT_BAD = [b for b in BAD if b[0] not in ("jsonl_wrong_label", "parquet_float_label", "jsonl_missing_key")]
 
 
-@pytest.mark.parametrize("name, make, expected", PREDICT_BAD, ids=[b[1].__name__ for b in PREDICT_BAD])
-def test_bad_prediction_file_is_reported_and_skipped(trained_jsonl, tmp_path, name, make, expected):
+@pytest.mark.parametrize("name, content, expected", [b[1:] for b in PREDICT_BAD], ids=[b[0] for b in PREDICT_BAD])
+def test_bad_prediction_file_is_reported_and_skipped(trained_jsonl, tmp_path, name, content, expected):
     import predict
     _, classes, save = trained_jsonl
     inputs = tmp_path / "in"
     inputs.mkdir()
-    make(inputs / name)
+    plant(inputs / name, content)
     write_table(inputs / "good.jsonl", [("i feel happy",)], columns=("sentences",))
     out = tmp_path / "out"
     code, _, err = call(predict.main, ["-f", str(inputs), "-d", classes, "-p", "False", "--save_path", save,
