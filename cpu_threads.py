@@ -72,7 +72,9 @@ def configure(environ=os.environ) -> dict:
         threads = f"{environ['OMP_NUM_THREADS']} (OMP_NUM_THREADS)"
     else:
         threads = f"{count} ({why} {count}; fewer while other processes use them)"
-        WATCH["cpus"] = sorted(os.sched_getaffinity(0))[:count] if hasattr(os, "sched_getaffinity") else None
+        # every CPU we may run on: with a quota or SLURM below the affinity mask, others' use counts only beyond
+        # the CPUs we leave to them anyway
+        WATCH["cpus"] = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         WATCH["count"] = count
         adapt()  # the first look: the first training step then knows what others did during start-up
         if not late:
@@ -128,7 +130,8 @@ def adapt(now: float = None) -> None:
         return
     others = max(0.0, (busy - last[1]) - (own - last[2])) / (now - last[0])
     count = WATCH["count"]
-    want = count if others < OTHERS_THRESHOLD else max(1, count - math.ceil(others - OTHERS_THRESHOLD))
+    taken = others - (len(WATCH["cpus"]) - count) - OTHERS_THRESHOLD  # CPUs of our count that others use
+    want = count if taken < 0 else max(1, count - math.ceil(taken))
     import torch
     if want != torch.get_num_threads():
         torch.set_num_threads(want)

@@ -106,3 +106,25 @@ def test_busy_seconds_reads_this_machine():
     for i in range(3_000_000):  # a little work of our own
         x += i
     assert cpu_threads._busy_seconds(cpus) >= first > 0
+
+
+def test_adapt_counts_only_what_others_take_of_our_share(monkeypatch):
+    """8 CPUs in the affinity mask, a quota of 2: others using 5 of them leave our 2 alone; using all 8, they take
+    ours too."""
+    import torch
+    before = torch.get_num_threads()
+    monkeypatch.setattr(cpu_threads, "WATCH", {"cpus": list(range(8)), "count": 2, "last": None, "changes": 0})
+    machine = {"busy": 0.0, "own": 0.0}
+    monkeypatch.setattr(cpu_threads, "_busy_seconds", lambda cpus: machine["busy"])
+    monkeypatch.setattr(os, "times", lambda: (machine["own"], 0.0, 0.0, 0.0, 0.0))
+    try:
+        torch.set_num_threads(2)
+        cpu_threads.adapt(now=0.0)
+        machine.update(busy=14.0, own=4.0)  # 2 s: others 10 CPU-s = 5 CPUs
+        cpu_threads.adapt(now=2.0)
+        assert torch.get_num_threads() == 2
+        machine.update(busy=32.0, own=6.0)  # 2 s: others 16 CPU-s = 8 CPUs
+        cpu_threads.adapt(now=4.0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
