@@ -253,7 +253,7 @@ def load_model(folder: str, device: torch.device):
         tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise InputError(f"{folder}: cannot rebuild the encoder or tokenizer ({str(e).splitlines()[0]})")
-    model = BertClassifier(encoder, len(names), cfg.pooling, cfg.dropout_p)
+    model = BertClassifier(encoder, len(names), cfg.pooling, cfg.dropout_p, cfg.window_pool)
     try:
         missing, unexpected = st_load_model(model, os.path.join(folder, WEIGHTS), strict=False)
     except SafetensorError as e:

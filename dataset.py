@@ -152,16 +152,18 @@ def parse_label(cell: str, names: list, index: dict, multi_label: bool):
 
 
 def load_labelled_file(path: str, text_col: str, label_col: str, names: list, multi_label: bool,
-                       text_col2: str = "") -> LabelledData:
+                       text_col2: str = "", tasks: list = None) -> LabelledData:
     """Texts (pairs of texts with text_col2) and class ids of a .csv, .tsv, .jsonl or .parquet file; every bad row
-    is reported (up to MAX_PROBLEMS) before anything runs."""
+    is reported (up to MAX_PROBLEMS) before anything runs. With `tasks` (tasks.Task, several label columns), each
+    row's label is a tuple with one entry per task, None where its cell is empty."""
     fmt = table_format(path)
     if fmt is None:
         raise InputError(f"{path}: unknown file type; use .csv, .tsv, .jsonl or .parquet")
     text = _read_text(path, f"{fmt.upper()} file") if fmt != "parquet" else _check_file(path, "Parquet file")
     index = {name: i for i, name in enumerate(names)}
     text_cols = (text_col, text_col2) if text_col2 else (text_col,)
-    required = ((text_col, "--text_col"), (label_col, "--label_col"))
+    label_cols = [label_col] if tasks is None else [task.name for task in tasks]
+    required = ((text_col, "--text_col"),) + tuple((col, "--label_col") for col in label_cols)
     required += ((text_col2, "--text_col2"),) if text_col2 else ()
     data, problems, blank = LabelledData([], [], texts2=[] if text_col2 else None), [], 0
     word = unit(path)
@@ -177,11 +179,14 @@ def load_labelled_file(path: str, text_col: str, label_col: str, names: list, mu
             if bad := _control_char(cell):
                 problems.append(f"{path}, {word} {row}, column '{col}': control character U+{ord(bad[1]):04X} "
                                 f"at position {bad[0] + 1}")
-        try:
-            label = parse_label(record[label_col], names, index, multi_label)
-        except ValueError as e:
-            problems.append(f"{path}, {word} {row}, column '{label_col}': {e}")
-            label = None
+        if tasks is None:
+            try:
+                label = parse_label(record[label_col], names, index, multi_label)
+            except ValueError as e:
+                problems.append(f"{path}, {word} {row}, column '{label_col}': {e}")
+                label = None
+        else:
+            label = task_cells(record, tasks, problems, f"{path}, {word} {row}")
         if len(problems) >= MAX_PROBLEMS:
             problems.append(f"{path}: stopped after {MAX_PROBLEMS} problems")
             break
@@ -198,6 +203,44 @@ def load_labelled_file(path: str, text_col: str, label_col: str, names: list, mu
     if not data.texts:
         raise InputError(f"{path}: no rows with text in column '{text_col}'")
     return data
+
+
+def task_cells(record: dict, tasks: list, problems: list, where: str) -> tuple:
+    """One label per task from a row (None for an empty cell); problems are appended with their column."""
+    label = []
+    for task in tasks:
+        cell = record[task.name]
+        try:
+            label.append(parse_label(cell, task.classes, task.index, task.multi_label) if cell.strip() else None)
+        except ValueError as e:
+            problems.append(f"{where}, column '{task.name}': {e}")
+            label.append(None)
+    return tuple(label)
+
+
+def check_task_data(path: str, data: LabelledData, tasks: list, training: bool = True) -> None:
+    """Several tasks: each needs labelled rows (training) and gets check_training_data's checks on them."""
+    for k, task in enumerate(tasks):
+        labels = [label[k] for label in data.labels if label[k] is not None]
+        if not labels:
+            if training:
+                raise InputError(f"{path}: no row has a label in column '{task.name}'; every task needs rows")
+            warn(f"{path}: no row has a label in column '{task.name}'; that task is not validated")
+            continue
+        if training:
+            check_training_data(f"{path}, column '{task.name}'", LabelledData(labels, labels), task.classes,
+                                task.multi_label)
+
+
+def split_keys(labels: list, tasks: list) -> list:
+    """What stratified_split balances for multitask rows: each row's first labelled task and (first) class, as
+    one id among every task's classes."""
+    keys = []
+    for label in labels:
+        k = next(k for k, value in enumerate(label) if value is not None)
+        value = label[k]
+        keys.append(tasks[k].start + (min(value) if tasks[k].multi_label else value))
+    return keys
 
 
 def check_training_data(path: str, data: LabelledData, names: list, multi_label: bool) -> None:
@@ -315,12 +358,16 @@ class Collator:
     pad_id: int = 0
     n_classes: int = 0
     multi_label: bool = False
+    tasks: list = None  # several tasks (tasks.Task): labels become tasks.target_matrix
 
     def __call__(self, items: list) -> dict:
         batch = {"index": torch.tensor([it["index"] for it in items])}
-        if "features" in items[0]:
+        documents = items  # labels are per item; with windows, tokens are per window
+        if "windows" in items[0] or "window_features" in items[0]:
+            items = self._flatten_windows(documents, batch)
+        elif "features" in items[0]:
             batch["features"] = torch.stack([it["features"] for it in items])
-        else:
+        if items and "input_ids" in items[0]:
             longest = max(len(it["input_ids"]) for it in items)
             ids = torch.full((len(items), longest), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(items), longest), dtype=torch.long)
@@ -333,15 +380,33 @@ class Collator:
                 for row, it in enumerate(items):
                     types[row, :len(it["token_type_ids"])] = torch.as_tensor(it["token_type_ids"])
                 batch["token_type_ids"] = types
-        if "labels" in items[0]:
-            if self.multi_label:
-                target = torch.zeros((len(items), self.n_classes))
-                for row, it in enumerate(items):
+        if "labels" in documents[0]:
+            if self.tasks:
+                from tasks import target_matrix
+                batch["labels"] = target_matrix([it["labels"] for it in documents], self.tasks)
+            elif self.multi_label:
+                target = torch.zeros((len(documents), self.n_classes))
+                for row, it in enumerate(documents):
                     target[row, it["labels"]] = 1.0
                 batch["labels"] = target
             else:
-                batch["labels"] = torch.tensor([it["labels"] for it in items])
+                batch["labels"] = torch.tensor([it["labels"] for it in documents])
         return batch
+
+    @staticmethod
+    def _flatten_windows(documents: list, batch: dict) -> list:
+        """--long_text windows: every window of the batch's documents becomes a row of its own, in document order;
+        batch["window_counts"] says how many rows each document has, and labels stay per document."""
+        batch["window_counts"] = torch.tensor([len(d.get("windows", d.get("window_features"))) for d in documents])
+        if "window_features" in documents[0]:
+            batch["features"] = torch.cat([d["window_features"] for d in documents])
+            return []
+        else:
+            rows = [{"input_ids": w} for d in documents for w in d["windows"]]
+            if "window_types" in documents[0]:
+                for row, types in zip(rows, (t for d in documents for t in d["window_types"])):
+                    row["token_type_ids"] = types
+        return rows
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):
@@ -352,15 +417,19 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     batch_size * num_replicas rows is dealt out to the ranks, so N processes see exactly the batches one
     process with an N times larger batch would; short final batches are topped up with rows of the same epoch.
     `shuffle=False` keeps windows in input order (used by evaluation). `skip_batches` resumes mid-epoch.
+    With `costs` (--long_text windows: windows per document), a batch holds documents until their costs would pass
+    batch_size, so that it never holds more than batch_size windows (a longer document alone); the number of
+    batches then varies a little from epoch to epoch (`batches_in_epoch`).
     """
 
     def __init__(self, lengths: list, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0, window_batches: int = None):
+                 num_replicas: int = 1, rank: int = 0, window_batches: int = None, costs: list = None):
         self.lengths, self.batch_size, self.shuffle, self.seed = lengths, batch_size, shuffle, seed
         # read at construction, not at import, so a benchmark can try other windows
         self.window = window_batches or BUCKET_WINDOW_BATCHES
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.skip_batches = 0, 0
+        self.costs, self._counted = costs, {}
 
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         self.epoch, self.skip_batches = epoch, skip_batches
@@ -374,11 +443,36 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         window = size * self.window
         batches = []
         for start in range(0, len(order), window):
+            if self.costs is not None:
+                chunk = sorted(order[start:start + window], key=lambda i: (self.costs[i], self.lengths[i]))
+                batches += self._by_cost(chunk, size)
+                continue
             chunk = sorted(order[start:start + window], key=lambda i: self.lengths[i])
             batches += [chunk[b:b + size] for b in range(0, len(chunk), size)]
         if self.shuffle:
             rng.shuffle(batches)
         return batches
+
+    def _by_cost(self, chunk: list, budget: int) -> list:
+        batches, current, spent = [], [], 0
+        for i in chunk:
+            if current and spent + self.costs[i] > budget:
+                batches.append(current)
+                current, spent = [], 0
+            current.append(i)
+            spent += self.costs[i]
+        return batches + ([current] if current else [])
+
+    def batches_in_epoch(self, epoch: int) -> int:
+        """Global batches of an epoch (all of it, whatever skip_batches says)."""
+        if self.costs is None:
+            return math.ceil(len(self.lengths) / (self.batch_size * self.num_replicas))
+        if epoch not in self._counted:
+            kept = self.epoch
+            self.epoch = epoch
+            self._counted[epoch] = len(self.global_batches())
+            self.epoch = kept
+        return self._counted[epoch]
 
     def __iter__(self):
         for batch in self.global_batches()[self.skip_batches:]:
@@ -389,7 +483,7 @@ class BucketBatchSampler(torch.utils.data.Sampler):
             yield batch
 
     def __len__(self):
-        return math.ceil(len(self.lengths) / (self.batch_size * self.num_replicas)) - self.skip_batches
+        return self.batches_in_epoch(self.epoch) - self.skip_batches
 
 
 class SplitBatchSampler(torch.utils.data.Sampler):

@@ -51,7 +51,8 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def model_inputs(batch: dict) -> dict:
-    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "features") if k in batch}
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids", "features", "window_counts")
+            if k in batch}
 
 
 # ------------------------------------------------------------------------------------------------- the loop

@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 
 from config import Config, InputError, RunFault, build_parser, config_from_args, run_cli
+from long_text import window_spec
 
 FP32_TOLERANCE = 1e-4
 # Parity sentences when no --check file is given: short and long, plain and odd (digits, emoji, accents).
@@ -49,11 +50,13 @@ def main(argv=None) -> int:
     from runtime import setup_run
     run = setup_run("cpu", "fp32")  # the reference the graphs are checked against
     model, tokenizer, trained, names, extra = load_model(cfg.save_path, run.device)
+    import predict
+    predict.attach_tasks(trained, names, extra)
     trained.batch_size = 32
     texts, texts2, labels = parity_set(cfg, trained, names)
-    import predict
     reference = predict.predict_probabilities(model, tokenizer, texts, trained.max_length, 32, run,
-                                              trained.multi_label, extra.get("temperature", 1.0), texts2=texts2)
+                                              trained.multi_label, extra.get("temperature", 1.0), texts2=texts2,
+                                              windows=window_spec(trained), tasks=predict.model_tasks(trained))
     out = os.path.abspath(cfg.out)
     if os.path.exists(out) and not os.path.isfile(os.path.join(out, "export.json")):
         raise InputError(f"--out {cfg.out}: the folder exists and is not an earlier export; choose another --out")
@@ -70,14 +73,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def predict_tasks(trained: Config) -> list:
+    import predict
+    return predict.model_tasks(trained)
+
+
 def parity_set(cfg: Config, trained: Config, names: list) -> tuple:
     """(texts, texts2 or None, labels or None): --check's rows, else PARITY_TEXTS (paired with themselves
     reversed for a pair model)."""
     if cfg.check:
         from dataset import load_labelled_file
         data = load_labelled_file(cfg.check, trained.text_col, trained.label_col, names, trained.multi_label,
-                                 trained.text_col2)
-        return data.texts, data.texts2, data.labels
+                                 trained.text_col2, predict_tasks(trained))
+        # several tasks: the graphs are checked on the texts; the scores below are single-task only
+        return data.texts, data.texts2, None if predict_tasks(trained) else data.labels
     return PARITY_TEXTS, (PARITY_TEXTS[::-1] if trained.text_col2 else None), None
 
 
@@ -126,6 +135,12 @@ def build_hf_export(stage, cfg, model, tokenizer, trained, names, extra, referen
     from transformers import AutoModelForSequenceClassification, pipeline
 
     kind = model.encoder.config.model_type
+    if predict_tasks(trained):
+        raise InputError(f"--format hf: this model has several tasks ({trained.label_col}) on one encoder, and a "
+                         "Hugging Face sequence classifier has one; export --format onnx")
+    if trained.long_text == "windows":
+        raise InputError("--format hf: this model reads long texts in windows (--long_text windows) and pools their "
+                         "logits, which a Hugging Face sequence classifier does not do; export --format onnx")
     if trained.pooling != "pooler" or kind != "bert":
         raise InputError(f"--format hf: a Hugging Face sequence classifier computes our function only for a BERT "
                          f"encoder trained with --pooling pooler (this model: {kind}, --pooling {trained.pooling}); "
@@ -191,7 +206,8 @@ def onnx_probabilities(path, tokenizer, texts, texts2, trained, extra, inputs, n
     from runtime import setup_run
     graph = OnnxClassifier(path, inputs, n_classes, trained.max_length)
     return predict.predict_probabilities(graph, tokenizer, texts, trained.max_length, 32, setup_run("cpu", "fp32"),
-                                         trained.multi_label, extra.get("temperature", 1.0), texts2=texts2)
+                                         trained.multi_label, extra.get("temperature", 1.0), texts2=texts2,
+                                         windows=window_spec(trained), tasks=predict.model_tasks(trained))
 
 
 def print_scores(scores: dict, labels: list, names: list, trained, extra) -> None:

@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModel
 
 from config import InputError
 from fast_encoder import FastDropout, first_token_only
+from long_text import pool_window_logits
 
 
 # No position table (XLNet's relative positions) and no tokenizer limit: this cap keeps attention's memory, which
@@ -69,8 +70,10 @@ def takes_token_types(encoder: nn.Module, tokenizer) -> bool:
 class BertClassifier(nn.Module):
     """encoder -> sentence vector (`pooling`) -> dropout -> linear head -> logits; sizes from the encoder's config."""
 
-    def __init__(self, encoder: nn.Module, n_classes: int, pooling: str = "cls", dropout_p: float = 0.1):
+    def __init__(self, encoder: nn.Module, n_classes: int, pooling: str = "cls", dropout_p: float = 0.1,
+                 window_pool: str = "mean"):
         super().__init__()
+        self.window_pool = window_pool  # --long_text windows: how a document's window logits become one
         if pooling == "auto":
             pooling = choose_pooling(encoder)[0]
         check_pooling(encoder, pooling)
@@ -117,11 +120,17 @@ class BertClassifier(nn.Module):
         # max: padding must never win, so it is pushed to the dtype's lowest value
         return out.last_hidden_state.masked_fill(mask == 0, torch.finfo(mask.dtype).min).max(1).values
 
-    def forward(self, input_ids=None, attention_mask=None, features=None, token_type_ids=None) -> torch.Tensor:
-        """Logits (batch, n_classes), from tokens, or from cached sentence vectors (`--boost`)."""
+    def forward(self, input_ids=None, attention_mask=None, features=None, token_type_ids=None,
+                window_counts=None) -> torch.Tensor:
+        """Logits (batch, n_classes), from tokens, or from cached sentence vectors (`--boost`). With
+        `window_counts` (--long_text windows) the rows are windows, and each document's `window_counts[d]`
+        consecutive rows are pooled into its logits (batch = documents)."""
         if features is None:
             features = self.sentence_vector(input_ids, attention_mask, token_type_ids)
-        return self.classifier(self.dropout(features))
+        logits = self.classifier(self.dropout(features))
+        if window_counts is not None:
+            logits = pool_window_logits(logits, window_counts, self.window_pool)
+        return logits
 
     def freeze_encoder(self) -> None:
         for p in self.encoder.parameters():

@@ -32,6 +32,8 @@ from checkpoint import atomic_path, load_model, sha256_file, write_json
 from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, run_cli
 from dataset import (PREDICT_EXTENSIONS, Collator, EncodedDataset, has_column, iter_predict_file, load_label_map,
                      load_labelled_file, tokenize)
+from long_text import window_spec
+from tasks import combined_names, is_multitask, split_option, task_labels, task_probabilities, tasks_from_folder
 from tables import PredictionWriter
 from runtime import cleanup_run, launch_local_workers, local_worker_count, setup_run
 
@@ -54,16 +56,42 @@ def parse_args(argv=None) -> argparse.Namespace:
 @torch.inference_mode()
 def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_size: int, run,
                           multi_label: bool, temperature: float = 1.0, stats: dict = None,
-                          texts2: list = None) -> np.ndarray:
+                          texts2: list = None, windows=None, tasks: list = None) -> np.ndarray:
     """(len(texts), n_classes) probabilities in input order (of pairs with texts2); batches are sorted by length
-    and padded per batch.
+    and padded per batch. With `windows` (long_text.Windows), every window of every text is a row of the
+    batches, and each text's probabilities come from its windows' pooled logits. With `tasks` (several), each
+    task's block of outputs gets its own softmax or sigmoid and temperature (multi_label, temperature unused).
 
     `stats["tokens"]`, when given, is increased by the number of tokens read (for the tokens/s report)."""
-    ids, types = tokenize(tokenizer, texts, max_length, texts2, model.takes_token_types(tokenizer))
+    token_types = model.takes_token_types(tokenizer)
+    if windows is None:
+        ids, types = tokenize(tokenizer, texts, max_length, texts2, token_types)
+    else:
+        from long_text import tokenize_windows
+        per_text, per_text_types = tokenize_windows(tokenizer, texts, max_length, windows.stride, texts2, token_types)
+        counts = torch.tensor([len(doc) for doc in per_text])
+        ids = [w for doc in per_text for w in doc]
+        types = None if per_text_types is None else [t for doc in per_text_types for t in doc]
     if stats is not None:
         stats["tokens"] = stats.get("tokens", 0) + sum(len(x) for x in ids)
+    def to_probs(logits):
+        return task_probabilities(logits, tasks) if tasks else probabilities(logits, multi_label, temperature)
+    if windows is None:
+        out = np.zeros((len(texts), model.n_classes), dtype=np.float32)
+        for rows, logits in batched_logits(model, tokenizer, ids, types, batch_size, run):
+            out[rows] = to_probs(logits).cpu().numpy()
+        return out
+    from long_text import pool_window_logits
+    window_logits = torch.zeros((len(ids), model.n_classes))
+    for rows, logits in batched_logits(model, tokenizer, ids, types, batch_size, run):
+        window_logits[torch.as_tensor(rows)] = logits.float().cpu()
+    pooled = pool_window_logits(window_logits, counts, windows.pool)
+    return to_probs(pooled).numpy()
+
+
+def batched_logits(model, tokenizer, ids: list, types: list, batch_size: int, run):
+    """(row positions, logits) of `ids` in batches of similar length, each padded to its longest row."""
     order = np.argsort([len(x) for x in ids], kind="stable")
-    out = np.zeros((len(texts), model.n_classes), dtype=np.float32)
     dataset = EncodedDataset(ids, token_type_ids=types)
     collate = Collator(tokenizer.pad_token_id or 0)
     for start in range(0, len(order), batch_size):
@@ -74,8 +102,7 @@ def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_
             logits = model(input_ids=batch["input_ids"].to(run.device),
                            attention_mask=batch["attention_mask"].to(run.device),
                            token_type_ids=batch["token_type_ids"].to(run.device) if types is not None else None)
-        out[rows] = probabilities(logits, multi_label, temperature).cpu().numpy()
-    return out
+        yield rows, logits
 
 
 def predict_sharded(model, tokenizer, texts: list, cfg: Config, run, temperature: float,
@@ -84,7 +111,8 @@ def predict_sharded(model, tokenizer, texts: list, cfg: Config, run, temperature
     contiguous share."""
     def share(lo, hi):
         return predict_probabilities(model, tokenizer, texts[lo:hi], cfg.max_length, cfg.batch_size, run,
-                                     cfg.multi_label, temperature, counts, None if texts2 is None else texts2[lo:hi])
+                                     cfg.multi_label, temperature, counts, None if texts2 is None else texts2[lo:hi],
+                                     window_spec(cfg), model_tasks(cfg))
     if run.world_size == 1:
         return share(0, len(texts))
     import torch.distributed as dist
@@ -100,11 +128,37 @@ def load_any_model(folder: str, device, precision: str = "auto"):
     onnxruntime on the CPU: same CSVs, sorting, batching and reports; precision int8 takes its int8 graph)."""
     if os.path.isfile(os.path.join(folder, "export.json")):
         from onnx_runner import load_export
-        return load_export(folder, int8=precision == "int8")
-    if precision == "int8":
+        loaded = load_export(folder, int8=precision == "int8")
+    elif precision == "int8":
         raise InputError(f"{folder}: --precision int8 runs the int8 graph of an ONNX export (python export.py "
                          "--quantize int8); this is a PyTorch model folder: use auto, fp32 or bf16")
-    return load_model(folder, device)
+    else:
+        loaded = load_model(folder, device)
+    attach_tasks(loaded[2], loaded[3], loaded[4])
+    return loaded
+
+
+def model_tasks(cfg: Config) -> list:
+    """The tasks (tasks.Task) of a multitask model, calibrated, else None; kept on cfg once loaded."""
+    return getattr(cfg, "_tasks", None)
+
+
+def attach_tasks(cfg: Config, names: list, extra: dict) -> None:
+    """Rebuild a multitask model's tasks (with their temperatures and thresholds) onto cfg, for model_tasks."""
+    cfg._tasks = tasks_from_folder(cfg, names, extra) if is_multitask(cfg) else None
+
+
+def decided_labels(probs: np.ndarray, cfg: Config, names: list, extra: dict) -> list:
+    """The predicted labels as predictions files write them: one column (one task), or one per task; each a string
+    per row, the classes of a multi-label row joined by commas."""
+    tasks = model_tasks(cfg)
+    parts = [(probs, names, cfg.multi_label, extra.get("thresholds"))] if not tasks else \
+        [(probs[:, t.start:t.stop], t.classes, t.multi_label, t.thresholds) for t in tasks]
+    columns = []
+    for block, classes, multi_label, thresholds in parts:
+        chosen = decide(block, multi_label, thresholds, cfg.allow_empty)
+        columns.append([",".join(c) if multi_label else c for c in label_names(chosen, classes, multi_label)])
+    return columns
 
 
 def label_names(chosen: np.ndarray, names: list, multi_label: bool) -> list:
@@ -118,7 +172,9 @@ def label_names(chosen: np.ndarray, names: list, multi_label: bool) -> list:
 @dataclass
 class Predictions:
     """What `Classifier.predict` returns: calibrated probabilities (rows x classes, in `classes` order) and the
-    chosen labels (names; multi-label: a list of names per row, thresholds and fallback applied)."""
+    chosen labels (names; multi-label: a list of names per row, thresholds and fallback applied). A model of
+    several tasks: `labels` maps each task to its labels, and the probabilities' columns are every task's
+    classes, in `Classifier.classes` order (`<task>:<class>`)."""
     probabilities: np.ndarray
     labels: list
 
@@ -147,7 +203,12 @@ class Classifier:
             raise InputError(f"texts2 has {len(texts2)} entries for {len(texts)} texts")
         probs = predict_probabilities(self.model, self.tokenizer, list(texts), self.cfg.max_length,
                                       batch_size or self.cfg.batch_size, self.run, self.cfg.multi_label,
-                                      self.extra.get("temperature", 1.0), texts2=texts2)
+                                      self.extra.get("temperature", 1.0), texts2=texts2,
+                                      windows=window_spec(self.cfg), tasks=model_tasks(self.cfg))
+        if tasks := model_tasks(self.cfg):  # several tasks: labels by task
+            return Predictions(probs, {t.name: label_names(decide(probs[:, t.start:t.stop], t.multi_label,
+                                                                  t.thresholds, self.cfg.allow_empty),
+                                                           t.classes, t.multi_label) for t in tasks})
         chosen = decide(probs, self.cfg.multi_label, self.extra.get("thresholds"), self.cfg.allow_empty)
         return Predictions(probs, label_names(chosen, self.classes, self.cfg.multi_label))
 
@@ -185,8 +246,9 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
                  keep_probs: list = None) -> dict:
     """Stream `path` through the model into `out_path` (written to a temporary file, then renamed);
     `keep_probs` collects the probability chunks for --report."""
-    thresholds = extra.get("thresholds")
     temperature = extra.get("temperature", 1.0)
+    tasks = model_tasks(cfg)
+    label_cols = ["label"] if not tasks else [f"label_{t.name}" for t in tasks]
     n_rows, counts = 0, {"tokens": 0}
     skipped = [0]
     started = time.perf_counter()
@@ -194,14 +256,13 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     text_cols = [cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])]
     with atomic_path(out_path) if run.is_main else contextlib.nullcontext(os.devnull) as tmp, \
             PredictionWriter(tmp, cfg.out_format if run.is_main else "csv",
-                             [*text_cols, "label", *names]) as writer:
+                             [*text_cols, *label_cols, *names]) as writer:
         for _, texts, texts2 in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped, cfg.text_col2):
             probs = predict_sharded(model, tokenizer, texts, cfg, run, temperature, counts, texts2)
-            chosen = decide(probs, cfg.multi_label, thresholds, cfg.allow_empty)
             if keep_probs is not None:
                 keep_probs.append(probs)
-            labels = [",".join(c) if cfg.multi_label else c for c in label_names(chosen, names, cfg.multi_label)]
-            writer.write([texts] + ([texts2] if texts2 is not None else []), labels, probs)
+            writer.write([texts] + ([texts2] if texts2 is not None else []) + decided_labels(probs, cfg, names, extra),
+                         probs)
             n_rows += len(texts)
         if n_rows == 0:
             raise InputError(f"{path}: no sentences to predict")
@@ -216,6 +277,18 @@ def file_report(path: str, folder: str, probs: np.ndarray, labels: list, cfg: Co
     from report import write_report
     if len(labels) != len(probs):
         raise InputError(f"{path}: {len(labels)} labelled rows but {len(probs)} predicted ones")
+    if tasks := model_tasks(cfg):  # each task whose column the file has, on the rows labelled for it
+        for k, task in enumerate(t for t in tasks if has_column(path, t.name)):
+            rows, mine = task_labels(labels, k)
+            if not rows:
+                print(f"{os.path.basename(path)}: no row labelled in '{task.name}', no report for it")
+                continue
+            metrics = write_report(os.path.join(folder, task.name), probs[rows, task.start:task.stop], mine,
+                                   task.classes, task.multi_label, task.thresholds, cfg.allow_empty,
+                                   title=f"{os.path.basename(path)}, {task.name}")
+            print(f"{os.path.basename(path)}, {task.name}: accuracy {metrics['accuracy']:.4f} macro-F1 "
+                  f"{metrics['macro_f1']:.4f} ECE {metrics['ece']:.4f} -> report in {os.path.join(folder, task.name)}")
+        return
     metrics = write_report(folder, probs, labels, names, cfg.multi_label, extra.get("thresholds"),
                            cfg.allow_empty, title=os.path.basename(path))
     print(f"{os.path.basename(path)}: accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f} "
@@ -230,13 +303,13 @@ def main(argv=None) -> int:
         return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
     if not os.path.isdir(runtime["input_dir"]):
         raise InputError(f"{runtime['input_dir']}: input folder not found")
-    names_given = load_label_map(runtime["dict_path"])
+    maps_given = [load_label_map(path) for path in split_option(runtime["dict_path"])]
     run = setup_run(runtime["device"], runtime["precision"])
     if runtime["parallel"] and run.world_size == 1:
         run.print(f"-p True: {torch.cuda.device_count()} GPU(s) on this machine, predicting in one process "
                   f"on {run.device}")
     model, tokenizer, cfg, names, extra = load_any_model(runtime["save_path"], run.device, run.precision)
-    check_label_map(names_given, names, runtime)
+    check_label_map(given_names(maps_given, cfg, runtime), names, runtime)
     for key, value in {**given, **runtime}.items():  # runtime settings and explicit overrides of the training config
         setattr(cfg, key, value)
     check_prediction_options(cfg, model, tokenizer)
@@ -268,6 +341,18 @@ def main(argv=None) -> int:
     if failed and run.is_main:
         print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def given_names(maps_given: list, cfg: Config, runtime: dict) -> list:
+    """The class names -d gives, as the model folder names them (several tasks: `<task>:<class>`)."""
+    tasks = model_tasks(cfg)
+    if len(maps_given) != (len(tasks) if tasks else 1):
+        raise InputError(f"-d {runtime['dict_path']}: {len(maps_given)} label map(s), but the model in "
+                         f"{runtime['save_path']} has {len(tasks) if tasks else 1} task(s) ({cfg.label_col}); "
+                         "give its label maps in the order it was trained with")
+    if not tasks:
+        return maps_given[0]
+    return combined_names([type(t)(t.name, classes, t.multi_label, 0) for t, classes in zip(tasks, maps_given)])
 
 
 def check_label_map(names_given: list, names: list, runtime: dict) -> None:
@@ -329,11 +414,13 @@ class DoneFiles:
 def predict_one_input(src: str, dst: str, out_name: str, model, tokenizer, cfg: Config, names: list, run,
                       extra: dict) -> dict:
     """Predict `src` into `dst`; with --report and a label column, also out_dir/report_<stem>/."""
-    labelled = cfg.report and has_column(src, cfg.label_col)
+    tasks = model_tasks(cfg)
+    present = [t for t in tasks if has_column(src, t.name)] if tasks else None
+    labelled = cfg.report and (bool(present) if tasks else has_column(src, cfg.label_col))
     probs = [] if labelled else None
     # labels are checked before predicting, so a bad label costs no model time
     truth = load_labelled_file(src, cfg.text_col, cfg.label_col, names, cfg.multi_label,
-                              cfg.text_col2) if labelled else None
+                              cfg.text_col2, present) if labelled else None
     stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra, probs)
     if labelled:
         folder = os.path.join(cfg.out_dir, f"report_{os.path.splitext(out_name)[0]}")

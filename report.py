@@ -168,14 +168,48 @@ def training_report(save_path: str, logits, labels: list, names: list, multi_lab
                     metric: str, best_epoch: int, print_fn=print) -> dict:
     """After training: fit the temperature (and thresholds) on the best epoch's validation logits, store them in
     the model folder's calibration.json, write save_path/report/ and print a summary."""
-    from checkpoint import commit_files
+    saved, metrics = calibrated_report(os.path.join(save_path, "report"), logits, labels, names, multi_label,
+                                       history, metric, best_epoch, print_fn)
+    commit_calibration(save_path, saved)
+    return metrics
+
+
+def multitask_report(save_path: str, logits, labels: list, tasks: list, history: list, metric: str,
+                     best_epoch: int, print_fn=print) -> dict:
+    """training_report for several tasks: each task's temperature (and thresholds) fitted on its own logits and
+    labelled rows, its report in save_path/report/<task>/; calibration.json holds them all under "tasks"."""
+    from tasks import task_labels
     logits = np.asarray(logits, dtype=np.float64)
-    fit = calibrate.calibrate(logits, labels, len(names), multi_label)
-    saved = fit["saved"]
+    fitted, results = {}, {}
+    for k, task in enumerate(tasks):
+        rows, mine = task_labels(labels, k)
+        if not rows:
+            print_fn(f"\ntask {task.name}: no labelled validation row, not calibrated")
+            continue
+        print_fn(f"\ntask {task.name}:")
+        fitted[task.name], results[task.name] = calibrated_report(
+            os.path.join(save_path, "report", task.name), logits[rows, task.start:task.stop], mine, task.classes,
+            task.multi_label, history, metric, best_epoch, print_fn)
+    commit_calibration(save_path, {"temperature": 1.0, "tasks": fitted})
+    return results
+
+
+def commit_calibration(save_path: str, saved: dict) -> None:
+    """calibration.json into the model folder, through its manifest (which keeps its hashes true)."""
+    from checkpoint import commit_files
     staged = os.path.join(save_path, f".calibration.{os.getpid()}.json")  # open(), not mkstemp: usual permissions
     with open(staged, "w", encoding="utf-8") as f:
         f.write(json.dumps(saved, indent=2) + "\n")
-    commit_files(save_path, {"calibration.json": staged})  # keeps the manifest's hashes true
+    commit_files(save_path, {"calibration.json": staged})
+
+
+def calibrated_report(folder: str, logits, labels: list, names: list, multi_label: bool, history: list,
+                      metric: str, best_epoch: int, print_fn=print) -> tuple:
+    """(calibration.json's content, metrics): the temperature (and thresholds) fitted on `logits`, and the report
+    of the calibrated probabilities written into `folder` and printed."""
+    logits = np.asarray(logits, dtype=np.float64)
+    fit = calibrate.calibrate(logits, labels, len(names), multi_label)
+    saved = fit["saved"]
     probs = calibrate.probabilities(logits, multi_label, saved["temperature"])
     extra = {"temperature": saved["temperature"], "nll_before": fit["nll_before"], "nll_after": fit["nll_after"],
              "ece_before": fit["ece_before"], "ece_after": fit["ece_after"]}
@@ -187,7 +221,6 @@ def training_report(save_path: str, logits, labels: list, names: list, multi_lab
         from sklearn.metrics import f1_score
         extra["macro_f1_cross_fitted"] = float(f1_score(y, calibrate.cross_fitted_predictions(probs, y),
                                                         average="macro", zero_division=0))
-    folder = os.path.join(save_path, "report")
     metrics = write_report(folder, probs, labels, names, multi_label, saved.get("thresholds"),
                            raw_probs=calibrate.probabilities(logits, multi_label), extra=extra, history=history,
                            metric=metric, best_epoch=best_epoch, title=f"validation, epoch {best_epoch}")
@@ -197,4 +230,4 @@ def training_report(save_path: str, logits, labels: list, names: list, multi_lab
              f"{fit['nll_after']:.4f} | accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}"
              + (f" (at 0.5: {extra['macro_f1_at_0.5']:.4f}, cross-fitted: {extra['macro_f1_cross_fitted']:.4f})"
                 if multi_label else "") + f"\nreport: {folder}")
-    return metrics
+    return saved, metrics

@@ -217,22 +217,23 @@ class PredictionWriter:
                 self.csv = csv.writer(self.file)
                 self.csv.writerow(columns)
 
-    def write(self, texts: list, labels: list, probs) -> None:
-        """texts: one list per text column; labels: one string a row; probs: (rows, classes) array."""
+    def write(self, cells: list, probs) -> None:
+        """cells: one list of strings per text and label column, in `columns` order; probs: (rows, classes)."""
+        rows = len(probs)
         if self.fmt == "csv":
-            for i, label in enumerate(labels):
-                self.csv.writerow([*(t[i] for t in texts), label, *(f"{x:.6f}" for x in probs[i])])
+            for i in range(rows):
+                self.csv.writerow([*(c[i] for c in cells), *(f"{x:.6f}" for x in probs[i])])
         elif self.fmt == "jsonl":
-            for i, label in enumerate(labels):
-                values = [*(t[i] for t in texts), label, *(round(float(x), 6) for x in probs[i])]
+            for i in range(rows):
+                values = [*(c[i] for c in cells), *(round(float(x), 6) for x in probs[i])]
                 self.file.write(json.dumps(dict(zip(self.columns, values)), ensure_ascii=False) + "\n")
         else:
-            self._write_parquet(texts, labels, probs)
+            self._write_parquet(cells, probs)
 
-    def _write_parquet(self, texts: list, labels: list, probs) -> None:
+    def _write_parquet(self, cells: list, probs) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
-        arrays = [pa.array(t, pa.string()) for t in texts] + [pa.array(labels, pa.string())]
+        arrays = [pa.array(c, pa.string()) for c in cells]
         arrays += [pa.array(probs[:, j].astype("float64")) for j in range(probs.shape[1])]
         table = pa.Table.from_arrays(arrays, names=self.columns)
         if self.parquet is None:

@@ -31,14 +31,15 @@ import torch
 import engine
 from config import Config, InputError, RunFault, build_parser, config_from_args, resolve_model_path, run_cli
 from checkpoint import FolderLock, model_in_place, save_model, write_json, writing
-from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler,
+from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler, check_task_data,
                      check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_file,
-                     stratified_split, tokenize)
-from losses import make_loss
+                     split_keys, stratified_split, tokenize)
+from losses import make_loss, make_multitask_loss
 from metrics import compute_metrics, is_better
 from resume import INTERRUPTED_EXIT, PREEMPTED_EXIT, Progress, StopRequest, save_resumable, start_or_resume
 from runlog import EpochLog, RunLog
 from runtime import Run, cleanup_run, launch_local_workers, local_worker_count, setup_run, unwrap
+from tasks import combined_names, is_multitask, load_tasks, tasks_from_folder
 
 OOM_ERRORS = (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (torch.cuda.OutOfMemoryError,)
 
@@ -60,6 +61,11 @@ def check_options(cfg: Config) -> None:
              (cfg.early_stop == -1 or cfg.early_stop >= 1, "--early_stop must be -1 (off) or at least 1"),
              (cfg.save_every >= 0, "--save_every must be 0 (save only when stopped by a signal) or more"),
              (cfg.log_every >= 1, "--log_every must be at least 1"),
+             (cfg.stride >= 0, "--stride must be 0 or more"),
+             (cfg.max_windows >= 1, "--max_windows must be at least 1"),
+             (cfg.long_text != "windows" or not (cfg.parallel and cfg.parallel_mode == "dp"),
+              "--long_text windows with --parallel_mode dp: DataParallel would split a document's windows across "
+              "GPUs; use --parallel_mode ddp"),
              (cfg.precision != "int8", "--precision int8 is for predicting with an ONNX export made by export.py "
                                        "--quantize int8; train with auto, fp32, bf16 or fp16"),
              (not cfg.boost or not cfg.bert_finetuning,
@@ -70,18 +76,22 @@ def check_options(cfg: Config) -> None:
 
 
 def load_data(cfg: Config):
-    """(names, train LabelledData, valid LabelledData), all files checked before anything heavy starts."""
-    names = load_label_map(cfg.dict_path)
+    """(names, train LabelledData, valid LabelledData), all files checked before anything heavy starts. Several
+    tasks: names are every task's `<task>:<class>` and labels are tuples (tasks.Task)."""
+    tasks = load_tasks(cfg) if is_multitask(cfg) else None
+    names = load_label_map(cfg.dict_path) if tasks is None else combined_names(tasks)
     loaded, problems = {}, []
     for path in filter(None, (cfg.train_path, cfg.valid_path)):  # both files checked before either is reported
         try:
             loaded[path] = load_labelled_file(path, cfg.text_col, cfg.label_col, names, cfg.multi_label,
-                                             cfg.text_col2)
+                                             cfg.text_col2, tasks)
         except InputError as e:
             problems.append(str(e))
     if problems:
         raise InputError("\n".join(problems))
     train = loaded[cfg.train_path]
+    if tasks is not None:
+        return names, *split_tasks_data(cfg, train, loaded.get(cfg.valid_path), tasks)
     check_training_data(cfg.train_path, train, names, cfg.multi_label)
     if cfg.valid_path:
         valid = loaded[cfg.valid_path]
@@ -89,6 +99,18 @@ def load_data(cfg: Config):
         return names, train, valid
     train_idx, valid_idx = stratified_split(train.labels, cfg.valid_frac, cfg.seed, names, cfg.multi_label)
     return names, train.subset(train_idx), train.subset(valid_idx)
+
+
+def split_tasks_data(cfg: Config, train, valid, tasks: list) -> tuple:
+    """load_data's checks and split for several tasks: every task labelled in training, the split stratified by
+    each row's first labelled task."""
+    check_task_data(cfg.train_path, train, tasks)
+    if valid is not None:
+        check_task_data(cfg.valid_path, valid, tasks, training=False)
+        return train, valid
+    train_idx, valid_idx = stratified_split(split_keys(train.labels, tasks), cfg.valid_frac, cfg.seed,
+                                            combined_names(tasks), False)
+    return train.subset(train_idx), train.subset(valid_idx)
 
 
 def seed_everything(seed: int) -> None:
@@ -146,14 +168,20 @@ def train(cfg: Config, stop: StopRequest) -> int:
     seed_everything(cfg.seed)
     model, tokenizer, model_path = build_model(cfg, len(names), run)
     phases.mark("load the model")
-    train_set, valid_set = (encode_rows(d, model, tokenizer, model_path, cfg, run) for d in (train_data, valid_data))
+    train_set = encode_rows(train_data, model, tokenizer, model_path, cfg, run, training=True)
+    valid_set = encode_rows(valid_data, model, tokenizer, model_path, cfg, run)
     encode_s = phases.mark("tokenise")
-    loss_fn = make_loss(cfg, class_counts(train_data.labels, len(names), cfg.multi_label), len(train_data.labels),
-                        run.device)
+    tasks = tasks_from_folder(cfg, names, {}) if is_multitask(cfg) else None
+    if tasks:
+        loss_fn = make_multitask_loss(cfg, tasks, train_data.labels, run.device)
+    else:
+        loss_fn = make_loss(cfg, class_counts(train_data.labels, len(names), cfg.multi_label),
+                            len(train_data.labels), run.device)
     training = Training.build(cfg, run, wrap_for_parallel(model, cfg, run), loss_fn, train_set,
-                              Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label), stop)
+                              Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label, tasks), stop)
+    training.tasks = tasks
     valid_loader = training.loader(BucketBatchSampler(valid_set.lengths(), cfg.batch_size * 4, False, 0,
-                                                      run.world_size, run.rank), valid_set)
+                                                      run.world_size, run.rank, costs=costs(valid_set)), valid_set)
     print_startup(cfg, run, training, model_path, train_data, valid_data, names, encode_s)
     progress = training.progress = start_or_resume(cfg, run, model, training.optimizer, training.scheduler,
                                                    training.scaler)
@@ -172,7 +200,7 @@ def train(cfg: Config, stop: StopRequest) -> int:
             phases.mark("validate")
             record = score_epoch(training, epoch, stats, logits, valid_data.labels, len(names))
             improved = keep_if_best(training, record, logits)
-            print_epoch(run, record, improved)
+            print_epoch(run, record, improved, training.tasks)
             if improved and run.is_main:
                 save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
             training.end_epoch(epoch)
@@ -180,7 +208,7 @@ def train(cfg: Config, stop: StopRequest) -> int:
             if stop.stopping:
                 return stopped(run, stop, f"stopped after epoch {epoch}")
         with writing(cfg.save_path):
-            finish(cfg, run, progress, valid_data.labels, names)
+            finish(cfg, run, progress, valid_data.labels, names, training.tasks)
         phases.mark("calibrate and report")
         run.print(phases.summary())
         return 0
@@ -204,6 +232,7 @@ def build_model(cfg: Config, n_classes: int, run):
     the pooling chosen (cfg.pooling, so train_config.json records it), and a tokenizer without a pad token pads
     with its end-of-text token, as Hugging Face's own sequence classifiers do."""
     from fast_encoder import fast_training_encoder  # transformers takes seconds to import: only once data is good
+    from long_text import check_window_options
     from model import BertClassifier, choose_pooling, load_pretrained_encoder, load_tokenizer, max_supported_length
     model_path = resolve_model_path(cfg.bert_name)
     tokenizer = load_tokenizer(model_path)
@@ -211,12 +240,14 @@ def build_model(cfg: Config, n_classes: int, run):
     limit, why = max_supported_length(encoder, tokenizer)
     if cfg.max_length > limit:
         raise InputError(f"--max_length {cfg.max_length}: {cfg.bert_name} supports at most {limit} tokens ({why})")
+    if cfg.long_text == "windows":
+        check_window_options(tokenizer, cfg.max_length, cfg.stride, bool(cfg.text_col2))
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # padded positions are masked: any real id will do
     if cfg.pooling == "auto":
         cfg.pooling, why = choose_pooling(encoder)
         run.print(f"pooling auto -> {cfg.pooling}: {why}")
-    model = BertClassifier(fast_training_encoder(encoder), n_classes, cfg.pooling, cfg.dropout_p)
+    model = BertClassifier(fast_training_encoder(encoder), n_classes, cfg.pooling, cfg.dropout_p, cfg.window_pool)
     if not cfg.bert_finetuning:
         model.freeze_encoder()
     elif cfg.freeze_word_embeddings and encoder.get_input_embeddings() is not None:
@@ -226,17 +257,39 @@ def build_model(cfg: Config, n_classes: int, run):
     return model.to(run.device), tokenizer, model_path
 
 
-def encode_rows(data, model, tokenizer, model_path: str, cfg: Config, run):
+def encode_rows(data, model, tokenizer, model_path: str, cfg: Config, run, training: bool = False):
     """Token ids of every row (of every pair), tokenised once; with --boost, the frozen encoder's cached sentence
-    vectors."""
+    vectors. With --long_text windows, the windows of every row (`training`: drawn up to --max_windows)."""
     from model import takes_token_types
-    ids, types = tokenize(tokenizer, data.texts, cfg.max_length, data.texts2,
-                          takes_token_types(unwrap(model).encoder, tokenizer))
+    token_types = takes_token_types(unwrap(model).encoder, tokenizer)
+    if cfg.long_text == "windows":
+        return encode_windows(data, model, tokenizer, model_path, cfg, run, training, token_types)
+    ids, types = tokenize(tokenizer, data.texts, cfg.max_length, data.texts2, token_types)
     if not cfg.boost:
         return EncodedDataset(ids, data.labels, token_type_ids=types)
     from boost_cache import cached_sentence_vectors
     return EncodedDataset(labels=data.labels, features=cached_sentence_vectors(
         model, tokenizer, data.texts, ids, cfg, model_path, run, texts2=data.texts2, token_type_ids=types))
+
+
+def encode_windows(data, model, tokenizer, model_path: str, cfg: Config, run, training: bool, token_types: bool):
+    """encode_rows for --long_text windows: a WindowedDataset of every row's windows (or of their cached vectors)."""
+    from long_text import WindowedDataset, tokenize_windows
+    windows, types = tokenize_windows(tokenizer, data.texts, cfg.max_length, cfg.stride, data.texts2, token_types,
+                                      data.rows, cfg.train_path if training else cfg.valid_path or cfg.train_path)
+    cap = cfg.max_windows if training else 0
+    if not cfg.boost:
+        return WindowedDataset(windows, data.labels, token_type_ids=types, train_cap=cap, seed=cfg.seed)
+    from boost_cache import cached_sentence_vectors
+    # one cache entry per window: keyed by its document's text(s) and its place in the document
+    flat_ids = [w for doc in windows for w in doc]
+    flat_types = None if types is None else [t for doc in types for t in doc]
+    keys = [f"{text}\x00window {j}" for text, doc in zip(data.texts, windows) for j in range(len(doc))]
+    keys2 = None if data.texts2 is None else [t2 for t2, doc in zip(data.texts2, windows) for _ in doc]
+    vectors = cached_sentence_vectors(model, tokenizer, keys, flat_ids, cfg, model_path, run, texts2=keys2,
+                                      token_type_ids=flat_types)
+    features = list(torch.split(vectors, [len(doc) for doc in windows]))
+    return WindowedDataset(labels=data.labels, features=features, train_cap=cap, seed=cfg.seed)
 
 
 def wrap_for_parallel(model: torch.nn.Module, cfg: Config, run: Run) -> torch.nn.Module:
@@ -268,13 +321,16 @@ class Training:
     log: RunLog = None  # save_path/logs/, from the first epoch on
     parts: int = 1  # micro-batches per batch; doubled each time a step runs out of memory
     split: SplitBatchSampler = None  # this epoch's batches, cut into `parts`
+    tasks: list = None  # several tasks (tasks.Task) on one encoder, else None
 
     @classmethod
     def build(cls, cfg, run, model, loss_fn, train_set, collate, stop) -> "Training":
         """AdamW, linear warm-up and decay over every update of the run, and fp16's gradient scaler."""
-        sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank)
+        sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank,
+                                     costs=costs(train_set))
         optimizer = engine.build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device)
-        total = updates_per_epoch(len(sampler), cfg.gradient_accumulation_steps) * cfg.n_epochs
+        total = sum(updates_per_epoch(sampler.batches_in_epoch(epoch), cfg.gradient_accumulation_steps)
+                    for epoch in range(1, cfg.n_epochs + 1))
         scheduler = engine.build_scheduler(optimizer, int(cfg.warmup_ratio * total), total)
         scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
         return cls(cfg, run, model, optimizer, scheduler, scaler, loss_fn, train_set, sampler, collate, stop)
@@ -290,6 +346,8 @@ class Training:
     def train_epoch(self, epoch: int) -> dict:
         """engine.train_one_epoch from where the epoch stands; out of memory halves the batch and goes on."""
         done = self.progress.batches_done  # whole batches of this epoch whose optimizer update is finished
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)  # --long_text windows: which run of windows each document gives
         while True:
             self.sampler.set_epoch(epoch, skip_batches=done)
             self.split = SplitBatchSampler(self.sampler, self.parts, done)
@@ -362,6 +420,11 @@ class Training:
                            self.scaler, self.progress, self.cfg)
 
 
+def costs(dataset) -> list:
+    """Windows per document (--long_text windows), which batch sizes count; None: rows count."""
+    return dataset.costs() if hasattr(dataset, "costs") else None
+
+
 def diverged(cfg: Config, run: Run, where: str, what: str) -> str:
     """The one line of a diverged run: where, and the likely causes."""
     fp16 = ", or fp16 without a working gradient scaler (try --precision bf16 or fp32)" if run.precision == "fp16" \
@@ -375,7 +438,7 @@ def print_startup(cfg: Config, run: Run, training: Training, model_path: str, tr
     """The derived numbers a user checks before waiting for an epoch: rows, model, devices, batch sizes, updates."""
     n_params = sum(p.numel() for p in unwrap(training.model).parameters() if p.requires_grad)
     per_update = cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps
-    updates = updates_per_epoch(len(training.sampler), cfg.gradient_accumulation_steps)
+    updates = updates_per_epoch(training.sampler.batches_in_epoch(1), cfg.gradient_accumulation_steps)
     run.print(f"train {len(train_data.texts)} rows, validation {len(valid_data.texts)} rows, {len(names)} classes "
               f"({cfg.train_path}{' + ' + cfg.valid_path if cfg.valid_path else ', split ' + str(cfg.valid_frac)})\n"
               f"{'pairs ' + cfg.text_col + ' + ' + cfg.text_col2 + ', ' if cfg.text_col2 else ''}"
@@ -384,6 +447,15 @@ def print_startup(cfg: Config, run: Run, training: Training, model_path: str, tr
               f"device {run.device} x{run.world_size}, precision {run.precision}, batch {cfg.batch_size} per process"
               f" x {run.world_size} process(es) x {cfg.gradient_accumulation_steps} accumulation = {per_update} per "
               f"update, {updates} updates per epoch, {cfg.n_epochs} epoch(s); data encoded in {encode_s:.1f}s")
+    if cfg.long_text == "windows":
+        from long_text import window_summary
+        run.print(f"long texts: windows of {cfg.max_length} tokens overlapping by {cfg.stride}, logits pooled by "
+                  f"{cfg.window_pool}, batches of at most {cfg.batch_size} windows; "
+                  + window_summary(training.train_set.windows or training.train_set.features, cfg.max_windows))
+    for k, task in enumerate(training.tasks or ()):
+        labelled = sum(label[k] is not None for label in train_data.labels)
+        run.print(f"task {task.name}: {len(task.classes)} classes{', multi-label' if task.multi_label else ''}, "
+                  f"loss weight {task.weight:g}, {labelled} of {len(train_data.labels)} training rows labelled")
     if run.device.type == "cpu":
         run.print(cpu_threads.describe())
 
@@ -392,7 +464,10 @@ def score_epoch(training: Training, epoch: int, stats: dict, logits: torch.Tenso
                 n_classes: int) -> dict:
     """The epoch's record, added to the history and to log.csv: train loss, validation metrics, throughput."""
     run, cfg = training.run, training.cfg
-    metrics = compute_metrics(logits, labels, training.loss_fn.cpu(), cfg.multi_label, n_classes)
+    if training.tasks:
+        metrics = task_metrics(training.tasks, logits, labels, training.loss_fn.cpu())
+    else:
+        metrics = compute_metrics(logits, labels, training.loss_fn.cpu(), cfg.multi_label, n_classes)
     training.loss_fn.to(run.device)
     record = {"epoch": epoch, "train_loss": stats["loss"], **{f"valid_{k}": v for k, v in metrics.items()},
               "train_samples_per_s": stats["samples"] / stats["seconds"],
@@ -402,9 +477,29 @@ def score_epoch(training: Training, epoch: int, stats: dict, logits: torch.Tenso
     return record
 
 
-def print_epoch(run: Run, record: dict, improved: bool) -> None:
+def task_metrics(tasks: list, logits: torch.Tensor, labels: list, loss_fn) -> dict:
+    """Each task's metrics on the rows labelled for it (`<task>_accuracy`...), and their means (`accuracy`...),
+    which pick the best epoch."""
+    from tasks import task_labels
+    metrics = {}
+    for k, (task, loss) in enumerate(zip(tasks, loss_fn.losses)):
+        rows, mine = task_labels(labels, k)
+        if not rows:
+            continue
+        scores = compute_metrics(logits[rows, task.start:task.stop], mine, loss, task.multi_label, len(task.classes))
+        metrics.update({f"{task.name}_{key}": value for key, value in scores.items()})
+    scored = [t for t in tasks if f"{t.name}_loss" in metrics]
+    for key in ("loss", "accuracy", "macro_f1"):
+        metrics[key] = sum(metrics[f"{t.name}_{key}"] for t in scored) / len(scored)
+    return metrics
+
+
+def print_epoch(run: Run, record: dict, improved: bool, tasks: list = None) -> None:
+    each = "".join(f" | {t.name}: accuracy {record[f'valid_{t.name}_accuracy']:.4f} macro-F1 "
+                   f"{record[f'valid_{t.name}_macro_f1']:.4f}" for t in tasks or () if f"valid_{t.name}_loss" in record)
     run.print(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} | valid loss {record['valid_loss']:.4f} "
-              f"accuracy {record['valid_accuracy']:.4f} macro-F1 {record['valid_macro_f1']:.4f} | "
+              f"accuracy {record['valid_accuracy']:.4f} macro-F1 {record['valid_macro_f1']:.4f}"
+              f"{' (means of the tasks)' if tasks else ''}{each} | "
               f"{record['train_samples_per_s']:.1f} samples/s{' | best so far, saved' if improved else ''}")
 
 
@@ -432,7 +527,7 @@ def stopped(run: Run, stop: StopRequest, what: str) -> int:
     return INTERRUPTED_EXIT if ctrl_c else PREEMPTED_EXIT
 
 
-def finish(cfg: Config, run: Run, progress: Progress, labels: list, names: list) -> None:
+def finish(cfg: Config, run: Run, progress: Progress, labels: list, names: list, tasks: list = None) -> None:
     """The best epoch's summary; its temperature, multi-label thresholds and save_path/report/ (rank 0)."""
     best = progress.history[progress.best_epoch - 1]
     totals = progress.totals
@@ -440,7 +535,11 @@ def finish(cfg: Config, run: Run, progress: Progress, labels: list, names: list)
               f"macro-F1 {best['valid_macro_f1']:.4f} loss {best['valid_loss']:.4f} | "
               f"throughput {totals['samples'] / totals['seconds']:.1f} samples/s, "
               f"{totals['tokens'] / totals['seconds']:.0f} tokens/s | model saved in {cfg.save_path}")
-    if run.is_main:
+    if run.is_main and tasks:
+        from report import multitask_report
+        multitask_report(cfg.save_path, progress.best_logits.numpy(), labels, tasks, progress.history, cfg.metric,
+                         progress.best_epoch, run.print)
+    elif run.is_main:
         from report import training_report
         training_report(cfg.save_path, progress.best_logits.numpy(), labels, names, cfg.multi_label,
                         progress.history, cfg.metric, progress.best_epoch, run.print)
