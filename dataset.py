@@ -358,7 +358,7 @@ class Collator:
     pad_id: int = 0
     n_classes: int = 0
     multi_label: bool = False
-    tasks: list = None  # several tasks (tasks.Task): labels become tasks.target_matrix
+    tasks: list = None  # several tasks (tasks.Task): labels become tasks.task_targets
 
     def __call__(self, items: list) -> dict:
         batch = {"index": torch.tensor([it["index"] for it in items])}
@@ -382,8 +382,8 @@ class Collator:
                 batch["token_type_ids"] = types
         if "labels" in documents[0]:
             if self.tasks:
-                from tasks import target_matrix
-                batch["labels"] = target_matrix([it["labels"] for it in documents], self.tasks)
+                from tasks import task_targets
+                batch["labels"] = task_targets([it["labels"] for it in documents], self.tasks)
             elif self.multi_label:
                 target = torch.zeros((len(documents), self.n_classes))
                 for row, it in enumerate(documents):

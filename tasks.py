@@ -84,15 +84,6 @@ def build_tasks(cfg, label_maps: list) -> list:
     return tasks
 
 
-def load_tasks(cfg) -> list:
-    """The Tasks of a multitask run, each label map of -d read and checked."""
-    from dataset import load_label_map
-    paths = split_option(cfg.dict_path)
-    if len(paths) != len(split_option(cfg.label_col)):
-        build_tasks(cfg, paths)  # raises the count mismatch in words
-    return build_tasks(cfg, [load_label_map(path) for path in paths])
-
-
 def combined_names(tasks: list) -> list:
     """Every output's name, `<task>:<class>`, in logit order: the model folder's classes.json."""
     return [column for task in tasks for column in task.columns()]
@@ -130,7 +121,7 @@ def task_labels(labels: list, k: int) -> tuple:
     return rows, [labels[i][k] for i in rows]
 
 
-def target_matrix(labels: list, tasks: list) -> torch.Tensor:
+def task_targets(labels: list, tasks: list) -> torch.Tensor:
     """(rows, outputs) targets of a batch: one-hot (single-label task) or 0/1 (multi-label) in each task's block,
     and -1 throughout a block whose cell was empty, which the loss masks."""
     target = torch.zeros((len(labels), tasks[-1].stop))

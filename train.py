@@ -39,7 +39,7 @@ from metrics import compute_metrics, is_better
 from resume import INTERRUPTED_EXIT, PREEMPTED_EXIT, Progress, StopRequest, save_resumable, start_or_resume
 from runlog import EpochLog, RunLog
 from runtime import Run, cleanup_run, launch_local_workers, local_worker_count, setup_run, unwrap
-from tasks import combined_names, is_multitask, load_tasks, tasks_from_folder
+from tasks import build_tasks, combined_names, is_multitask, split_option, tasks_from_folder
 
 OOM_ERRORS = (torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else (torch.cuda.OutOfMemoryError,)
 
@@ -99,6 +99,14 @@ def load_data(cfg: Config):
         return names, train, valid
     train_idx, valid_idx = stratified_split(train.labels, cfg.valid_frac, cfg.seed, names, cfg.multi_label)
     return names, train.subset(train_idx), train.subset(valid_idx)
+
+
+def load_tasks(cfg: Config) -> list:
+    """The Tasks of a multitask run, each label map of -d read and checked."""
+    paths = split_option(cfg.dict_path)
+    if len(paths) != len(split_option(cfg.label_col)):
+        build_tasks(cfg, paths)  # raises the count mismatch in words
+    return build_tasks(cfg, [load_label_map(path) for path in paths])
 
 
 def split_tasks_data(cfg: Config, train, valid, tasks: list) -> tuple:
