@@ -83,7 +83,8 @@ def pool_window_logits(logits: torch.Tensor, window_counts: torch.Tensor, how: s
     """(windows, classes) logits of consecutive documents' windows -> (documents, classes): mean or max per
     document. `window_counts` (documents,) says how many windows each has; differentiable, no host sync."""
     n_docs = window_counts.shape[0]
-    owner = torch.repeat_interleave(torch.arange(n_docs, device=logits.device), window_counts.to(logits.device),
+    owner = torch.repeat_interleave(torch.arange(n_docs, device=logits.device),
+                                    window_counts.to(logits.device, torch.long),
                                     output_size=logits.shape[0])
     index = owner.unsqueeze(1).expand_as(logits)
     start = logits.new_zeros((n_docs, logits.shape[1]))
