@@ -72,7 +72,8 @@ def run_ours(args, variant: str) -> dict:
     import train
     tasks = TASKS[variant]
     save = os.path.join(args.workdir, f"model_{variant}")
-    argv = ["-d", ",".join(os.path.join(args.workdir, f"{t}.json") for t in tasks), "--label_col", ",".join(tasks),
+    label_maps = ",".join(os.path.join(args.workdir, f"labels_{t}.json") for t in tasks)
+    argv = ["-d", label_maps, "--label_col", ",".join(tasks),
             "--train_path", os.path.join(args.workdir, "train.csv"), "--valid_path",
             os.path.join(args.workdir, "dev.csv"), "--n_epochs", str(args.n_epochs), "--seed", str(args.seed),
             "--save_path", save, "--tensorboard", "False"]
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench_multitask_")
     os.makedirs(args.workdir, exist_ok=True)
     for task, folder in (("emotion", "ekman"), ("sentiment", "group")):
-        with open(os.path.join(args.workdir, f"{task}.json"), "w", encoding="utf-8") as f:
+        with open(os.path.join(args.workdir, f"labels_{task}.json"), "w", encoding="utf-8") as f:
             json.dump({n: i for i, n in enumerate(labels_of(os.path.join(args.goemotions, folder)))}, f)
     n_train = build_rows(args.goemotions, "train", os.path.join(args.workdir, "train.csv"), args.train_rows)
     n_dev = build_rows(args.goemotions, "dev", os.path.join(args.workdir, "dev.csv"))
