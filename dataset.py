@@ -276,7 +276,8 @@ def class_counts(labels: list, n_classes: int, multi_label: bool) -> list:
 
 
 # ------------------------------------------------------------------------------------------------- split
-def stratified_split(labels: list, valid_frac: float, seed: int, names: list, multi_label: bool):
+def stratified_split(labels: list, valid_frac: float, seed: int, names: list, multi_label: bool,
+                     warn_absent: bool = True):
     """Seeded train/validation indices with each class in proportion; rare classes stay in train, with a warning.
 
     Multi-label rows are stratified by their rarest label, which keeps rare classes in both parts.
@@ -304,7 +305,7 @@ def stratified_split(labels: list, valid_frac: float, seed: int, names: list, mu
     if too_rare:
         warn(f"class(es) {', '.join(too_rare)} have a single row: kept in training, absent from validation")
     absent = [names[i] for i, c in enumerate(counts) if c == 0]
-    if absent:
+    if absent and warn_absent:  # several tasks: check_task_data says it per task (keys are one task's classes)
         warn(f"class(es) {', '.join(absent)} have no rows: absent from training and validation")
     if not valid_idx:
         raise InputError(f"--valid_frac {valid_frac}: leaves no validation rows out of {len(labels)}")

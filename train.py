@@ -117,7 +117,7 @@ def split_tasks_data(cfg: Config, train, valid, tasks: list) -> tuple:
         check_task_data(cfg.valid_path, valid, tasks, training=False)
         return train, valid
     train_idx, valid_idx = stratified_split(split_keys(train.labels, tasks), cfg.valid_frac, cfg.seed,
-                                            combined_names(tasks), False)
+                                            combined_names(tasks), False, warn_absent=False)
     return train.subset(train_idx), train.subset(valid_idx)
 
 
