@@ -122,3 +122,18 @@ def print_table(header: list, rows: list) -> None:
     print("| " + " | ".join("-" * w for w in widths) + " |")
     for r in cells[1:]:
         print(line(r))
+
+
+def train_best_epoch(argv: list, save_path: str) -> tuple:
+    """(the best epoch's record from metrics.json, wall seconds) of train.main(argv) run in this process."""
+    import train
+    started = time.perf_counter()
+    try:
+        train.main(argv)
+    except SystemExit as e:
+        if e.code:
+            raise
+    seconds = time.perf_counter() - started
+    with open(os.path.join(save_path, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    return metrics["epochs"][metrics["best_epoch"] - 1], seconds

@@ -18,10 +18,9 @@ import os
 import random
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, load_average, print_table, run_child, save_result, set_threads
+from common import ROOT, load_average, print_table, run_child, save_result, set_threads, train_best_epoch
 
 DEFAULT_VARIANTS = ("truncate", "windows")
 EMOTIONS = ["anger", "disgust", "fear", "joy", "sadness", "surprise"]
@@ -71,22 +70,12 @@ def build_documents(src: str, dst: str, n: int, seed: int, prefix_words: int) ->
 
 def run_ours(args, variant: str) -> dict:
     set_threads(args.threads)
-    import train
     save = os.path.join(args.workdir, f"model_{variant}")
     argv = ["-d", os.path.join(args.workdir, "emotions.json"), "--train_path", os.path.join(args.workdir, "train.csv"),
             "--valid_path", os.path.join(args.workdir, "dev.csv"), "--text_col", "document", "--label_col", "emotion",
             "--max_length", str(args.max_length), "--n_epochs", str(args.n_epochs), "--seed", str(args.seed),
             "--save_path", save, "--tensorboard", "False", *EXTRA_FLAGS[variant]]
-    started = time.perf_counter()
-    try:
-        train.main(argv)
-    except SystemExit as e:
-        if e.code:
-            raise
-    seconds = time.perf_counter() - started
-    with open(os.path.join(save, "metrics.json"), encoding="utf-8") as f:
-        metrics = json.load(f)
-    best = metrics["epochs"][metrics["best_epoch"] - 1]
+    best, seconds = train_best_epoch(argv, save)
     return {"variant": variant, "valid_accuracy": best["valid_accuracy"], "valid_macro_f1": best["valid_macro_f1"],
             "seconds": seconds, "samples_per_s": best["train_samples_per_s"]}
 

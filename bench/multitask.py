@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, load_average, print_table, run_child, save_result, set_threads
+from common import ROOT, load_average, print_table, run_child, save_result, set_threads, train_best_epoch
 
 DEFAULT_VARIANTS = ("emotion", "sentiment", "both")
 GOEMOTIONS = os.path.join(ROOT, "..", "shared", "data", "goemotions")
@@ -67,9 +67,6 @@ def build_rows(goemotions: str, split: str, dst: str, limit: int = 0) -> int:
 
 def run_ours(args, variant: str) -> dict:
     set_threads(args.threads)
-    import time
-
-    import train
     tasks = TASKS[variant]
     save = os.path.join(args.workdir, f"model_{variant}")
     label_maps = ",".join(os.path.join(args.workdir, f"labels_{t}.json") for t in tasks)
@@ -77,16 +74,7 @@ def run_ours(args, variant: str) -> dict:
             "--train_path", os.path.join(args.workdir, "train.csv"), "--valid_path",
             os.path.join(args.workdir, "dev.csv"), "--n_epochs", str(args.n_epochs), "--seed", str(args.seed),
             "--save_path", save, "--tensorboard", "False"]
-    started = time.perf_counter()
-    try:
-        train.main(argv)
-    except SystemExit as e:
-        if e.code:
-            raise
-    seconds = time.perf_counter() - started
-    with open(os.path.join(save, "metrics.json"), encoding="utf-8") as f:
-        metrics = json.load(f)
-    best = metrics["epochs"][metrics["best_epoch"] - 1]
+    best, seconds = train_best_epoch(argv, save)
     prefix = (lambda t: f"valid_{t}_") if len(tasks) > 1 else (lambda t: "valid_")
     return {"variant": variant, "seconds": seconds, **{f"{t}_macro_f1": best[prefix(t) + "macro_f1"] for t in tasks},
             **{f"{t}_accuracy": best[prefix(t) + "accuracy"] for t in tasks}}
