@@ -187,6 +187,7 @@ def load_labelled_file(path: str, text_col: str, label_col: str, names: list, mu
                 label = None
         else:
             label = task_cells(record, tasks, problems, f"{path}, {word} {row}")
+
         if len(problems) >= MAX_PROBLEMS:
             problems.append(f"{path}: stopped after {MAX_PROBLEMS} problems")
             break
@@ -219,7 +220,13 @@ def task_cells(record: dict, tasks: list, problems: list, where: str) -> tuple:
 
 
 def check_task_data(path: str, data: LabelledData, tasks: list, training: bool = True) -> None:
-    """Several tasks: each needs labelled rows (training) and gets check_training_data's checks on them."""
+    """Several tasks: each needs labelled rows (training) and gets check_training_data's checks on them; a training
+    row labelled for no task is refused."""
+    unlabelled = [row for row, label in zip(data.rows, data.labels) if all(v is None for v in label)]
+    if training and unlabelled:
+        raise InputError(f"{path}, row {unlabelled[0]}: no label in any task's column "
+                         f"({', '.join(t.name for t in tasks)}); label it for one task at least, or remove it"
+                         + (f" ({len(unlabelled)} such rows)" if len(unlabelled) > 1 else ""))
     for k, task in enumerate(tasks):
         labels = [label[k] for label in data.labels if label[k] is not None]
         if not labels:

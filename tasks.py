@@ -45,7 +45,8 @@ def split_option(value) -> list:
 
 
 def is_multitask(cfg) -> bool:
-    return len(split_option(cfg.label_col)) > 1
+    """Several label columns or several label maps (a count mismatch is then reported by build_tasks)."""
+    return len(split_option(cfg.label_col)) > 1 or len(split_option(cfg.dict_path)) > 1
 
 
 def per_task(value, n: int, option: str, kind) -> list:
