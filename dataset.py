@@ -409,11 +409,10 @@ class Collator:
         if "window_features" in documents[0]:
             batch["features"] = torch.cat([d["window_features"] for d in documents])
             return []
-        else:
-            rows = [{"input_ids": w} for d in documents for w in d["windows"]]
-            if "window_types" in documents[0]:
-                for row, types in zip(rows, (t for d in documents for t in d["window_types"])):
-                    row["token_type_ids"] = types
+        rows = [{"input_ids": w} for d in documents for w in d["windows"]]
+        if "window_types" in documents[0]:
+            for row, types in zip(rows, (t for d in documents for t in d["window_types"])):
+                row["token_type_ids"] = types
         return rows
 
 
