@@ -70,6 +70,21 @@ def _watch_saves(pid: int, folder: str, kill_in_save: int = None, delay: float =
         time.sleep(0.0005)
 
 
+def _kill_inside_a_save(entry, argv, out, rng, saves: int, save_s: float, attempts: int = 4):
+    """Run and SIGKILL a child at a random moment inside one of its checkpoint writes (a random save, a random
+    moment in the first 80% of the shortest save). The timing is a guess on a loaded machine: a kill that
+    landed outside the save (its staging folder already gone) is tried again, up to `attempts` runs.
+    Returns (child pid, exit status, killed inside a save, the moment)."""
+    for attempt in range(1, attempts + 1):
+        target, delay = rng.randint(1, max(1, saves)), rng.uniform(0, 0.8 * save_s)
+        child = _run_child(entry, argv)
+        status, _ = _watch_saves(child, out, target, delay)
+        in_save = os.WIFSIGNALED(status) and bool(_staging(out, child))  # its staging folder outlived it
+        if in_save:
+            break
+    return child, status, in_save, f"save {target} + {delay * 1000:.0f} ms (run {attempt})"
+
+
 def drive(kind: str, work: str, kills: int, seed: int, argv: list) -> None:
     """Run `kind` (train or predict) once to the end, then `kills` more times, each SIGKILLed; keep a copy of
     the output folder after every kill under work/after_kill_N, and a log in work/kills.json."""
@@ -86,24 +101,20 @@ def drive(kind: str, work: str, kills: int, seed: int, argv: list) -> None:
     status, lived = _watch_saves(_run_child(entry, argv), out)
     full_run_s = time.perf_counter() - started
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the run to the end failed ({status})"
-    save_s = sum(lived) / len(lived) if lived else 0.05  # the mean: most kills then land inside a save
+    save_s = min(lived) if lived else 0.05  # the shortest save: a kill this early lands inside any save
     for i in range(kills):
-        child = _run_child(entry, argv)
         t0 = time.perf_counter()
         if kind == "train" and i % 4 != 3:
-            # most kills land while a checkpoint is written: a random save, a random moment inside it
-            # (the first 60% of a mean save: a save shorter than the mean still gets most of its kills inside it)
-            target, delay = rng.randint(1, max(1, len(lived))), rng.uniform(0, 0.6 * save_s)
-            status, _ = _watch_saves(child, out, target, delay)
-            moment = f"save {target} + {delay * 1000:.0f} ms"
+            child, status, in_save, moment = _kill_inside_a_save(entry, argv, out, rng, len(lived), save_s)
         else:
+            child = _run_child(entry, argv)
             delay = rng.uniform(0.05, full_run_s)
             time.sleep(delay)
             os.kill(child, signal.SIGKILL)
             status = os.waitpid(child, 0)[1]
             moment = f"{delay:.2f} s after start"
+            in_save = os.WIFSIGNALED(status) and bool(_staging(out, child))
         killed = os.WIFSIGNALED(status)
-        in_save = killed and bool(_staging(out, child))  # its own staging folder was still there: killed mid-save
         snapshot = os.path.join(work, f"after_kill_{i}")
         if os.path.exists(out):
             shutil.copytree(out, snapshot, symlinks=True)
