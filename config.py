@@ -18,6 +18,7 @@ METRICS = ("macro_f1", "accuracy", "loss")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 OUT_FORMATS = ("csv", "jsonl", "parquet")
 LONG_TEXTS = ("truncate", "windows")
+LOSSES = ("auto", "ce", "bce", "focal", "asl")
 # predict.py's --batch_size default. Its batches are sorted by length, so a larger batch adds little padding;
 # on the 2-core CPU this was measured with bench/predict_vs_hf.py --batch_sizes (bench/README.md).
 PREDICT_BATCH_SIZE = 64
@@ -119,6 +120,21 @@ class Config:
     metric: str = opt("macro_f1", "validation metric that picks the best epoch", choices=METRICS)
     class_weights: str = opt("none", "none, or balanced: weight classes by inverse training frequency",
                              choices=("none", "balanced"))
+    # recipes for small encoders (issue 17; bench/README.md measures each across seeds)
+    loss: str = opt("auto", "auto (cross-entropy single-label, BCE multi-label), ce, bce, focal ((1 - p_t)^gamma "
+                    "times the plain loss, --focal_gamma) or asl (the asymmetric loss, multi-label: easy negatives "
+                    "down-weighted by p^--asl_gamma_neg, those under --asl_clip ignored)", choices=LOSSES)
+    focal_gamma: float = opt(2.0, "with --loss focal: the focusing exponent gamma (0 = the plain loss)")
+    asl_gamma_neg: float = opt(4.0, "with --loss asl: the negatives' focusing exponent")
+    asl_clip: float = opt(0.05, "with --loss asl: a negative whose probability is under this costs nothing")
+    label_smoothing: float = opt(0.0, "single-label cross-entropy against (1 - e) x the label + e / classes "
+                                 "(0 = off; 0.1 is usual)")
+    llrd: float = opt(1.0, "layer-wise learning-rate decay: the top encoder layer trains at --lr_main, each layer "
+                      "below at this factor times the one above, the embeddings below the lowest (1 = off)")
+    reinit_layers: int = opt(0, "re-initialise the top N encoder layers (and the pooler with --pooling pooler) "
+                             "before fine-tuning, as the checkpoint's own initialiser does (0 = keep them all)")
+    ema: float = opt(0.0, "keep an exponential moving average of the weights with this decay per update (e.g. "
+                     "0.999), and validate, pick the best epoch and save with it (0 = off)")
     seed: int = opt(42, "random seed of the split, the initialisation, dropout and batch order")
     # runtime
     save_path: str = opt("saved_model", "folder of the trained model (train writes it, predict reads it)",

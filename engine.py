@@ -6,6 +6,7 @@ rank so metrics are those one process would report. Losses are summed on the dev
 points, because `.item()` on every step stalls a GPU.
 """
 import contextlib
+import re
 import time
 
 import torch
@@ -18,23 +19,41 @@ from runtime import Run, unwrap
 
 
 # --------------------------------------------------------------------------------------------- optimisation
-def build_optimizer(model: nn.Module, lr_main: float, lr_head: float, weight_decay: float, device: torch.device):
-    """AdamW: the encoder at lr_main, the head at lr; no decay on biases and LayerNorm weights."""
+def build_optimizer(model: nn.Module, lr_main: float, lr_head: float, weight_decay: float, device: torch.device,
+                    llrd: float = 1.0):
+    """AdamW: the encoder at lr_main (times llrd per layer below the top, `layer_depths`), the head at lr; no decay
+    on biases and LayerNorm weights."""
+    named = [(name, p) for name, p in unwrap(model).named_parameters() if p.requires_grad]
+    depths = layer_depths([name for name, _ in named])
     groups = {}
-    for name, param in unwrap(model).named_parameters():
-        if not param.requires_grad:
-            continue
+    for name, param in named:
         part = "head" if name.startswith("classifier.") else "encoder"
         decay = param.ndim >= 2 and "LayerNorm" not in name and "layer_norm" not in name
-        groups.setdefault((part, decay), []).append(param)
-    param_groups = [{"params": params, "lr": lr_head if part == "head" else lr_main,
+        depth = depths[name] if part == "encoder" and llrd != 1 else 0  # llrd 1: the groups there always were
+        groups.setdefault((part, decay, depth), []).append(param)
+    param_groups = [{"params": params, "lr": lr_head if part == "head" else lr_main * llrd ** depth,
                      "weight_decay": weight_decay if decay else 0.0}
-                    for (part, decay), params in sorted(groups.items())]
+                    for (part, decay, depth), params in sorted(groups.items())]
     # fused AdamW runs one kernel over all parameters (CPU and CUDA in current PyTorch); foreach is the fallback
     try:
         return torch.optim.AdamW(param_groups, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(param_groups, foreach=True)
+
+
+# an encoder's stack of layers in every family we know: BERT's encoder.layer.N, GPT-2's h.N, Llama's layers.N, T5's
+# block.N; ALBERT shares one layer's weights across its depth, so its parameters have no index
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+EMBEDDING = re.compile(r"embed|(?:^|\.)(?:wte|wpe|mask_emb)\b")  # GPT-2 and XLNet name theirs without "embed"
+
+
+def layer_depths(names: list) -> dict:
+    """Parameter name -> layers below the top (--llrd's exponent): 0 for the top layer and what sits above the
+    stack (a final norm, the pooler, the head), L - 1 for the lowest of L layers, L for the embeddings."""
+    index = {name: int(m.group(1)) for name in names if (m := LAYER_INDEX.search(name))}
+    n_layers = max(index.values()) + 1 if index else 0
+    return {name: n_layers - 1 - index[name] if name in index
+            else n_layers if EMBEDDING.search(name) and not name.startswith("classifier.") else 0 for name in names}
 
 
 def build_scheduler(optimizer, warmup_steps: int, total_steps: int):
@@ -44,6 +63,50 @@ def build_scheduler(optimizer, warmup_steps: int, total_steps: int):
             return (step + 1) / (warmup_steps + 1)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class WeightAverage:
+    """--ema: an exponential moving average of the trainable weights, `shadow = d * shadow + (1 - d) * weight`
+    after every optimizer update, with d = min(decay, (1 + n) / (10 + n)) at the n-th update so that the first
+    updates are not dominated by the pretrained weights (TensorFlow's ExponentialMovingAverage with num_updates).
+    `applied()` swaps the average in for validation and saving, and the trained weights back after."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.params = [p for p in unwrap(model).parameters() if p.requires_grad]
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - self.current_decay())
+
+    @torch.no_grad()
+    def _swap(self) -> None:
+        for param, average in zip(self.params, self.shadow):
+            held = param.detach().clone()
+            param.copy_(average)
+            average.copy_(held)
+
+    @contextlib.contextmanager
+    def applied(self):
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "shadow": self.shadow}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = state["updates"]
+        for average, saved in zip(self.shadow, state["shadow"]):
+            average.copy_(saved)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

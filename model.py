@@ -137,6 +137,33 @@ class BertClassifier(nn.Module):
             p.requires_grad_(False)
 
 
+def layer_stack(encoder: nn.Module) -> nn.ModuleList:
+    """The encoder's list of transformer layers: its longest ModuleList named like one (BERT's encoder.layer, GPT-2's
+    h, Llama's layers); None when there is none (ALBERT's shared layer)."""
+    stacks = [m for name, m in encoder.named_modules() if isinstance(m, nn.ModuleList)
+              and name.rsplit(".", 1)[-1] in ("layer", "layers", "h", "block", "blocks")]
+    return max(stacks, key=len, default=None)
+
+
+@torch.no_grad()
+def reinit_top_layers(encoder: nn.Module, n: int, pooler: bool) -> None:
+    """--reinit_layers: the top `n` layers (and the pooler) back to the checkpoint's own random initialisation
+    (Zhang et al. 2021: the top layers of a pretrained encoder are specialised to its pretraining task)."""
+    stack = layer_stack(encoder)
+    if stack is None or not hasattr(encoder, "_init_weights"):
+        raise InputError(f"--reinit_layers {n}: {type(encoder).__name__} has no stack of layers to re-initialise")
+    if n > len(stack):
+        raise InputError(f"--reinit_layers {n}: the encoder has {len(stack)} layers")
+    modules = [m for layer in list(stack)[len(stack) - n:] for m in layer.modules()]
+    if pooler and getattr(encoder, "pooler", None) is not None:
+        modules += list(encoder.pooler.modules())
+    for module in modules:
+        for param in module.parameters(recurse=False):
+            # from_pretrained marks loaded tensors as initialised, and transformers' init functions skip those
+            param.__dict__.pop("_is_hf_initialized", None)
+        encoder._init_weights(module)
+
+
 def last_real_token(attention_mask: torch.Tensor) -> torch.Tensor:
     """(batch,) position of each row's last real token, whichever side the padding is on."""
     positions = torch.arange(attention_mask.size(1), device=attention_mask.device)

@@ -92,7 +92,8 @@ def step_folders(root: str) -> list:
     return [os.path.join(root, name) for _, name in sorted(found)]
 
 
-def save_resumable(save_path: str, run, model, optimizer, scheduler, scaler, progress: Progress, cfg) -> None:
+def save_resumable(save_path: str, run, model, optimizer, scheduler, scaler, progress: Progress, cfg,
+                   average=None) -> None:
     """Write save_path/resume/step-N/ atomically (rank 0) with every rank's RNG state; keep the last KEEP."""
     rngs = [rng_state(run.device)]
     if run.world_size > 1:
@@ -105,6 +106,8 @@ def save_resumable(save_path: str, run, model, optimizer, scheduler, scaler, pro
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "progress": dataclasses.asdict(progress), "rng": rngs, "world_size": run.world_size,
                  "config": dataclasses.asdict(cfg)}
+        if average is not None:  # --ema's averaged weights
+            state["average"] = average.state_dict()
         name = f"step-{progress.updates:06d}"
         tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=root)
         from checkpoint import atomic_path, sha256_file
@@ -185,7 +188,7 @@ def load_resumable(folder: str, cfg, run, state: dict = None) -> dict:
     return state
 
 
-def start_or_resume(cfg, run, model, optimizer, scheduler, scaler) -> Progress:
+def start_or_resume(cfg, run, model, optimizer, scheduler, scaler, average=None) -> Progress:
     """Restore what --resume names into the objects given and this rank's RNG; or start afresh."""
     folder = state = None
     if cfg.resume == "auto":
@@ -201,6 +204,8 @@ def start_or_resume(cfg, run, model, optimizer, scheduler, scaler) -> Progress:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
+    if average is not None:
+        average.load_state_dict(state["average"])
     set_rng_state(state["rng"][run.rank], run.device)
     progress = Progress(**state["progress"])
     run.print(f"resumed from {folder}: epoch {progress.epoch}, {progress.batches_done} batch(es) of it done, "

@@ -14,6 +14,7 @@ checkpoint in --save_path/resume/ and exit with code 75; Ctrl-C does the same an
 at once); --resume auto then continues where it stopped. A run that diverges or cannot write (disk full) stops with
 one line and exit code 3, the last complete model in place. One run at a time writes a --save_path (a lock file).
 """
+import contextlib
 import math
 import os
 import random
@@ -70,9 +71,30 @@ def check_options(cfg: Config) -> None:
                                        "--quantize int8; train with auto, fp32, bf16 or fp16"),
              (not cfg.boost or not cfg.bert_finetuning,
               "--boost True needs --bert_finetuning False (vectors can only be cached from a frozen encoder)")]
-    for ok, message in rules:
+    for ok, message in rules + recipe_rules(cfg):
         if not ok:
             raise InputError(message)
+
+
+def recipe_rules(cfg: Config) -> list:
+    """check_options' rules for --loss, --label_smoothing, --llrd, --reinit_layers and --ema."""
+    kinds = set(cfg.multi_label) if isinstance(cfg.multi_label, list) else {cfg.multi_label}
+    return [(cfg.loss not in ("bce", "asl") or True in kinds,
+             f"--loss {cfg.loss} is for multi-label tasks (--multi_label True); single-label: auto, ce or focal"),
+            (cfg.loss != "ce" or False in kinds, "--loss ce is for single-label tasks; multi-label: auto, bce, "
+                                                 "focal or asl"),
+            (cfg.focal_gamma >= 0 and cfg.asl_gamma_neg >= 0, "--focal_gamma and --asl_gamma_neg must be 0 or more"),
+            (0 <= cfg.asl_clip < 1, "--asl_clip must be in [0, 1)"),
+            (0 <= cfg.label_smoothing < 1, "--label_smoothing must be in [0, 1)"),
+            (cfg.label_smoothing == 0 or False in kinds, "--label_smoothing is for single-label cross-entropy; "
+                                                         "multi-label: try --loss focal or asl"),
+            (cfg.label_smoothing == 0 or cfg.loss in ("auto", "ce"), f"--label_smoothing smooths cross-entropy; it "
+                                                                     f"does not combine with --loss {cfg.loss}"),
+            (0 < cfg.llrd <= 1, "--llrd must be in (0, 1] (1 = every layer at --lr_main)"),
+            (cfg.reinit_layers >= 0, "--reinit_layers must be 0 or more"),
+            (cfg.reinit_layers == 0 or cfg.bert_finetuning, "--reinit_layers needs --bert_finetuning True (a frozen "
+                                                            "random layer would stay random)"),
+            (0 <= cfg.ema < 1, "--ema must be in [0, 1) (0 = off)")]
 
 
 def load_data(cfg: Config):
@@ -192,7 +214,7 @@ def train(cfg: Config, stop: StopRequest) -> int:
                                                       run.world_size, run.rank, costs=costs(valid_set)), valid_set)
     print_startup(cfg, run, training, model_path, train_data, valid_data, names, encode_s)
     progress = training.progress = start_or_resume(cfg, run, model, training.optimizer, training.scheduler,
-                                                   training.scaler)
+                                                   training.scaler, training.average)
     with RunLog(cfg.save_path, run, cfg.tensorboard, progress.updates or None, progress.epoch) as training.log:
         phases.mark("set up training")
         for epoch in range(progress.epoch, cfg.n_epochs + 1):
@@ -204,13 +226,14 @@ def train(cfg: Config, stop: StopRequest) -> int:
             if stop.stopping:
                 return stopped(run, stop, f"stopped after update {progress.updates}, resumable checkpoint in "
                                           f"{cfg.save_path}/resume")
-            logits = engine.evaluate(training.model, valid_loader, run, len(valid_set))
-            phases.mark("validate")
-            record = score_epoch(training, epoch, stats, logits, valid_data.labels, len(names))
-            improved = keep_if_best(training, record, logits)
-            print_epoch(run, record, improved, training.tasks)
-            if improved and run.is_main:
-                save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
+            with training.validated_weights():
+                logits = engine.evaluate(training.model, valid_loader, run, len(valid_set))
+                phases.mark("validate")
+                record = score_epoch(training, epoch, stats, logits, valid_data.labels, len(names))
+                improved = keep_if_best(training, record, logits)
+                print_epoch(run, record, improved, training.tasks)
+                if improved and run.is_main:
+                    save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
             training.end_epoch(epoch)
             phases.mark("save")
             if stop.stopping:
@@ -241,10 +264,13 @@ def build_model(cfg: Config, n_classes: int, run):
     with its end-of-text token, as Hugging Face's own sequence classifiers do."""
     from fast_encoder import fast_training_encoder  # transformers takes seconds to import: only once data is good
     from long_text import check_window_options
-    from model import BertClassifier, choose_pooling, load_pretrained_encoder, load_tokenizer, max_supported_length
+    from model import (BertClassifier, choose_pooling, load_pretrained_encoder, load_tokenizer, max_supported_length,
+                       reinit_top_layers)
     model_path = resolve_model_path(cfg.bert_name)
     tokenizer = load_tokenizer(model_path)
     encoder = load_pretrained_encoder(model_path)
+    if cfg.reinit_layers:
+        reinit_top_layers(encoder, cfg.reinit_layers, cfg.pooling == "pooler")
     limit, why = max_supported_length(encoder, tokenizer)
     if cfg.max_length > limit:
         raise InputError(f"--max_length {cfg.max_length}: {cfg.bert_name} supports at most {limit} tokens ({why})")
@@ -330,18 +356,25 @@ class Training:
     parts: int = 1  # micro-batches per batch; doubled each time a step runs out of memory
     split: SplitBatchSampler = None  # this epoch's batches, cut into `parts`
     tasks: list = None  # several tasks (tasks.Task) on one encoder, else None
+    average: engine.WeightAverage = None  # --ema: the averaged weights, validated and saved
+
+    def validated_weights(self):
+        """The weights to validate and save: --ema's average, swapped in for the block; else the trained ones."""
+        return self.average.applied() if self.average else contextlib.nullcontext()
 
     @classmethod
     def build(cls, cfg, run, model, loss_fn, train_set, collate, stop) -> "Training":
         """AdamW, linear warm-up and decay over every update of the run, and fp16's gradient scaler."""
         sampler = BucketBatchSampler(train_set.lengths(), cfg.batch_size, True, cfg.seed, run.world_size, run.rank,
                                      costs=costs(train_set))
-        optimizer = engine.build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device)
+        optimizer = engine.build_optimizer(model, cfg.lr_main, cfg.lr, cfg.weight_decay, run.device, cfg.llrd)
         total = sum(updates_per_epoch(sampler.batches_in_epoch(epoch), cfg.gradient_accumulation_steps)
                     for epoch in range(1, cfg.n_epochs + 1))
         scheduler = engine.build_scheduler(optimizer, int(cfg.warmup_ratio * total), total)
         scaler = torch.amp.GradScaler(run.device.type, enabled=run.precision == "fp16")
-        return cls(cfg, run, model, optimizer, scheduler, scaler, loss_fn, train_set, sampler, collate, stop)
+        average = engine.WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+        return cls(cfg, run, model, optimizer, scheduler, scaler, loss_fn, train_set, sampler, collate, stop,
+                   average=average)
 
     def loader(self, batch_sampler, dataset: EncodedDataset = None) -> torch.utils.data.DataLoader:
         """A loader of `dataset` (default: the training set) in the batches of `batch_sampler`."""
@@ -401,6 +434,8 @@ class Training:
         """Called by the loop after each optimizer update; saves every --save_every updates. True: stop now."""
         self.progress.updates += 1
         self.progress.batches_done = self.split.on_update(micro_steps)
+        if self.average:
+            self.average.update()
         stopping = self.stop.agreed(self.run)
         if stopping or (self.cfg.save_every > 0 and self.progress.updates % self.cfg.save_every == 0):
             self.save_resumable()
@@ -425,7 +460,7 @@ class Training:
                                     "finite"))
         with writing(self.cfg.save_path):
             save_resumable(self.cfg.save_path, self.run, unwrap(self.model), self.optimizer, self.scheduler,
-                           self.scaler, self.progress, self.cfg)
+                           self.scaler, self.progress, self.cfg, self.average)
 
 
 def costs(dataset) -> list:
