@@ -1,4 +1,4 @@
-"""--seeds, --cv and --ensemble (repeats.py, ensemble.py), on the tiny random BERT."""
+"""--seeds, --cv and --ensemble (repeats.py, ensemble.py) and bench/compare.py, on the tiny random BERT."""
 import json
 import os
 import shutil
@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import NAMES, call, make_rows, write_classes, write_csv
+from conftest import NAMES, call, load_bench, make_rows, write_classes, write_csv
 
 ROWS = 45  # 15 per class: 39 training and 6 validation rows with the 10% split, seconds per member
 FLAGS = ["-p", "False", "--n_epochs", "1", "--batch_size", "8", "--lr_main", "1e-3", "--lr", "5e-3",
@@ -300,3 +300,32 @@ def test_bad_repeat_options_are_one_line_exit_2_and_write_nothing(data, tmp_path
     assert code == 2, (out, err)
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not save.exists()
+
+
+# ---------------------------------------------------------------------------------------------- bench/compare
+def test_the_paired_interval_is_the_t_interval_of_the_differences():
+    compare = load_bench("compare")
+    got = compare.paired_interval([0.50, 0.60, 0.70], [0.51, 0.62, 0.73])
+    assert got["differences"] == pytest.approx([0.01, 0.02, 0.03])
+    assert got["mean"] == pytest.approx(0.02) and got["sd"] == pytest.approx(0.01)
+    assert got["half_width"] == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-6)  # t(0.975, 2) = 4.302653
+    assert (got["low"], got["high"]) == pytest.approx((0.02 - got["half_width"], 0.02 + got["half_width"]))
+    assert compare.verdict(got) == "no difference shown: the interval includes 0"  # [-0.0048, 0.0448]
+    assert compare.verdict(compare.paired_interval([0.5, 0.6, 0.7], [0.52, 0.621, 0.719])) == \
+        "B beats A: the interval excludes 0"
+    assert compare.verdict(compare.paired_interval([0.5, 0.6], [0.4, 0.49])).startswith("A beats B")
+
+
+def test_compare_trains_both_configurations_on_the_same_seeds_and_saves_the_comparison(data, tiny_bert, tmp_path):
+    compare = load_bench("compare")
+    code = compare.main(["--train_path", data["train"], "-d", data["classes"], "--seeds", "2", "--a", "",
+                         "--b", "--dropout_p 0.3", "--work_dir", str(tmp_path / "work"), "--results",
+                         str(tmp_path / "results"), "--", "--bert_name", tiny_bert, *FLAGS])
+    assert code == 0
+    (saved,) = os.listdir(tmp_path / "results")
+    result = read_json(str(tmp_path / "results"), saved)
+    assert result["seeds"] == [42, 43] and result["b"] == "--dropout_p 0.3"
+    score = result["scores"]["valid_macro_f1"]
+    assert score["differences"] == pytest.approx([y - x for x, y in zip(score["a"], score["b"])])
+    b_config = read_json(str(tmp_path / "work"), "model_b", "members", "seed_43", "train_config.json")
+    assert b_config["dropout_p"] == 0.3 and b_config["seed"] == 43
