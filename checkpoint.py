@@ -115,8 +115,10 @@ def _roll_forward(folder: str, manifest: dict) -> None:
     _fsync_dir(folder)
 
 
-def commit_files(folder: str, staged: dict) -> None:
-    """Move staged files {name: temporary path} into `folder` as one all-or-nothing change (see module doc)."""
+def commit_files(folder: str, staged: dict, replace: bool = False) -> None:
+    """Move staged files {name: temporary path} into `folder` as one all-or-nothing change (see module doc).
+    `replace`: the staged files are the folder's whole content; the files only the previous manifest listed leave
+    it at the commit and are deleted after it (a model put in place of an ensemble, or the other way round)."""
     os.makedirs(folder, exist_ok=True)
     manifest_path = os.path.join(folder, MANIFEST)
     files = {}
@@ -128,6 +130,7 @@ def commit_files(folder: str, staged: dict) -> None:
             _roll_forward(folder, manifest)
             files = {k: v for k, v in manifest["files"].items()
                      if k not in staged and os.path.exists(os.path.join(folder, k))}
+    gone, files = (list(files), {}) if replace else ([], files)
     for name, src in staged.items():
         pending = os.path.join(folder, name + ".tmp")
         os.makedirs(os.path.dirname(pending), exist_ok=True)
@@ -139,6 +142,11 @@ def commit_files(folder: str, staged: dict) -> None:
     write_json(manifest_path, {"format": FORMAT_VERSION, "files": files})  # the commit point
     for name in staged:
         os.replace(os.path.join(folder, name + ".tmp"), os.path.join(folder, name))
+    for name in gone:  # no longer part of the model: a crash before this leaves them unlisted, never read
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, name))
+            if os.path.dirname(name):
+                os.rmdir(os.path.join(folder, os.path.dirname(name)))  # only if empty
     _fsync_dir(folder)
 
 
@@ -170,8 +178,10 @@ def verify_folder(folder: str) -> dict:
     except (OSError, ValueError) as e:
         raise InputError(f"{os.path.join(folder, MANIFEST)}: unreadable manifest ({e})")
     for root, dirs, names in os.walk(folder):
-        # leftovers of a killed save; and resume/, train.py's resumable states, read with weights_only=True only
-        dirs[:] = [d for d in dirs if not d.startswith(STAGING_PREFIX) and not (root == folder and d == "resume")]
+        # leftovers of a killed save; resume/, train.py's resumable states, read with weights_only=True only; and
+        # members/ (--seeds, --cv): model folders of their own, each checked when it is loaded
+        dirs[:] = [d for d in dirs if not d.startswith(STAGING_PREFIX)
+                   and not (root == folder and d in ("resume", "members"))]
         for name in names:
             if name.lower().endswith(PICKLE_SUFFIXES):
                 raise InputError(f"{os.path.join(root, name)}: pickle-based file in the model folder; such files "
@@ -186,15 +196,34 @@ def verify_folder(folder: str) -> dict:
     return manifest
 
 
-def save_model(folder: str, model: torch.nn.Module, tokenizer, cfg, names: list, extra: dict) -> None:
-    """Write the whole model folder atomically: weights, architecture, tokenizer, configs, label map. Any failed
-    write, not only the weights', is one RunFault line naming its file; the staging folder goes either way."""
-    import dataclasses
+@contextlib.contextmanager
+def staging(folder: str):
+    """A staging folder inside `folder` for files on their way to commit_files; removed afterwards (one left by a
+    killed process, by the next save)."""
     with writing(folder):
         os.makedirs(folder, exist_ok=True)
         _remove_dead_staging(folder)
         stage = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=folder)
     try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def stage_json(stage: str, name: str, obj) -> str:
+    """Write `obj` as indented JSON to stage/name, as a model folder's settings files are written; its path."""
+    path = os.path.join(stage, name)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def save_model(folder: str, model: torch.nn.Module, tokenizer, cfg, names: list, extra: dict) -> None:
+    """Write the whole model folder atomically: weights, architecture, tokenizer, configs, label map. Any failed
+    write, not only the weights', is one RunFault line naming its file; the staging folder goes either way."""
+    import dataclasses
+    with staging(folder) as stage:
         with writing(os.path.join(folder, WEIGHTS)):
             st_save_model(model, os.path.join(stage, WEIGHTS))
         with writing(folder):
@@ -207,13 +236,22 @@ def save_model(folder: str, model: torch.nn.Module, tokenizer, cfg, names: list,
             for name, obj in (("train_config.json", dataclasses.asdict(cfg)),
                               ("classes.json", {n: i for i, n in enumerate(names)}),
                               ("calibration.json", extra)):
-                with open(os.path.join(stage, name), "w", encoding="utf-8") as f:
-                    json.dump(obj, f, indent=2)
-                    f.write("\n")
-                staged[name] = os.path.join(stage, name)
-            commit_files(folder, staged)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+                staged[name] = stage_json(stage, name, obj)
+            commit_files(folder, staged, replace=True)  # the whole model: nothing of an earlier one stays listed
+
+
+def commit_copy(folder: str, copies: dict, objects: dict = None) -> None:
+    """Make `copies` {name: file to copy} and `objects` {name: JSON-able object} the whole committed content of
+    `folder` (commit_files with replace): a model copied into place, or an ensemble's settings."""
+    with staging(folder) as stage, writing(folder):
+        staged = {}
+        for name, src in copies.items():
+            staged[name] = os.path.join(stage, name)
+            os.makedirs(os.path.dirname(staged[name]), exist_ok=True)
+            shutil.copyfile(src, staged[name])
+        for name, obj in (objects or {}).items():
+            staged[name] = stage_json(stage, name, obj)
+        commit_files(folder, staged, replace=True)
 
 
 def _remove_dead_staging(folder: str) -> None:
@@ -236,18 +274,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def load_model(folder: str, device: torch.device):
-    """Rebuild (model, tokenizer, cfg, names, extra) from a model folder, after checking its files."""
-    from transformers import AutoTokenizer
-
+def read_settings(folder: str) -> tuple:
+    """(cfg, names, extra) of a model or ensemble folder: train_config.json, classes.json and calibration.json,
+    after checking every file against the manifest."""
     from config import load_config
     from dataset import load_label_map
-    from model import BertClassifier, encoder_from_config
     verify_folder(folder)
     cfg = load_config(os.path.join(folder, "train_config.json"))
     names = load_label_map(os.path.join(folder, "classes.json"))
     with open(os.path.join(folder, "calibration.json"), encoding="utf-8") as f:
         extra = json.load(f)
+    return cfg, names, extra
+
+
+def load_model(folder: str, device: torch.device):
+    """Rebuild (model, tokenizer, cfg, names, extra) from a model folder, after checking its files."""
+    from transformers import AutoTokenizer
+
+    from model import BertClassifier, encoder_from_config
+    cfg, names, extra = read_settings(folder)
     try:
         encoder = encoder_from_config(folder)
         tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), trust_remote_code=False)

@@ -136,6 +136,15 @@ class Config:
     ema: float = opt(0.0, "keep an exponential moving average of the weights with this decay per update (e.g. "
                      "0.999), and validate, pick the best epoch and save with it (0 = off)")
     seed: int = opt(42, "random seed of the split, the initialisation, dropout and batch order")
+    # seeds and folds (repeats.py, docs/seeds_and_folds.md)
+    seeds: int = opt(1, "train the same configuration this many times, with seeds --seed, --seed+1, ..., all on "
+                     "the validation split of --seed: members in save_path/members/, mean and spread in "
+                     "save_path/repeats.json, the best member (by --metric) at save_path; 1 = one run")
+    cv: int = opt(0, "K-fold cross-validation of --train_path (K >= 2; 0 = off): stratified folds seeded by "
+                  "--seed, member k validates on fold k and trains on the others; summary and best member as "
+                  "with --seeds")
+    ensemble: bool = opt(False, "with --seeds > 1 or --cv: save_path becomes an ensemble of every member, which "
+                         "predict.py reads: the mean of the members' calibrated probabilities")
     # runtime
     save_path: str = opt("saved_model", "folder of the trained model (train writes it, predict reads it)",
                          group="both")

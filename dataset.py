@@ -283,6 +283,30 @@ def class_counts(labels: list, n_classes: int, multi_label: bool) -> list:
 
 
 # ------------------------------------------------------------------------------------------------- split
+def stratify_keys(labels: list, n_classes: int, multi_label: bool) -> list:
+    """The class each row is balanced by in a split: its label; multi-label, its rarest label, which keeps rare
+    classes in every part."""
+    if not multi_label:
+        return list(labels)
+    counts = class_counts(labels, n_classes, True)
+    return [min(label, key=lambda c: counts[c]) for label in labels]
+
+
+def stratified_folds(keys: list, k: int, seed: int) -> list:
+    """--cv: k folds of row indices (sorted), each class's rows shuffled by `seed` and dealt in turn, so each fold
+    holds every class's share to within a row and the folds' sizes differ by a row at most."""
+    by_class = {}
+    for i, key in enumerate(keys):
+        by_class.setdefault(key, []).append(i)
+    rng = random.Random(seed)
+    dealt = []
+    for key in sorted(by_class):
+        rows = by_class[key]
+        rng.shuffle(rows)
+        dealt += rows  # one class after another: dealing continues where the previous class stopped
+    return [sorted(dealt[fold::k]) for fold in range(k)]
+
+
 def stratified_split(labels: list, valid_frac: float, seed: int, names: list, multi_label: bool,
                      warn_absent: bool = True):
     """Seeded train/validation indices with each class in proportion; rare classes stay in train, with a warning.
@@ -292,7 +316,7 @@ def stratified_split(labels: list, valid_frac: float, seed: int, names: list, mu
     if not 0 < valid_frac < 1:
         raise InputError(f"--valid_frac {valid_frac}: must be between 0 and 1")
     counts = class_counts(labels, len(names), multi_label)
-    key = [min(label, key=lambda c: counts[c]) if multi_label else label for label in labels]
+    key = stratify_keys(labels, len(names), multi_label)
     by_class = {}
     for i, k in enumerate(key):
         by_class.setdefault(k, []).append(i)

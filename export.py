@@ -47,7 +47,11 @@ def main(argv=None) -> int:
         raise InputError(f"export.py needs onnx and onnxruntime ({e.name} is missing): "
                          "pip install onnx onnxruntime onnxscript")
     from checkpoint import load_model
+    from ensemble import is_ensemble
     from runtime import setup_run
+    if is_ensemble(cfg.save_path):
+        raise InputError(f"--save_path {cfg.save_path}: an ensemble (train.py --ensemble True) is several models; "
+                         f"export one of them (--save_path {os.path.join(cfg.save_path, 'members', '<name>')})")
     run = setup_run("cpu", "fp32")  # the reference the graphs are checked against
     model, tokenizer, trained, names, extra = load_model(cfg.save_path, run.device)
     import predict

@@ -11,7 +11,8 @@ column per class, named as the class, with its probability. A table input (.csv,
 from its text column (and --text_col2 for pairs); a .txt input has one sentence per line. Files are streamed in
 chunks, so memory stays flat whatever their size, and rows keep their input order. A file already predicted
 by the same model and unchanged since is skipped unless --overwrite. A bad file is reported and skipped; the
-exit code is then 1. The model, its tokenizer, label map and settings all come from --save_path.
+exit code is then 1. The model, its tokenizer, label map and settings all come from --save_path; an ensemble
+folder (train.py --ensemble True) gives the mean of its members' calibrated probabilities.
 """
 import argparse
 import contextlib
@@ -32,6 +33,7 @@ from checkpoint import atomic_path, load_model, sha256_file, write_json
 from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, run_cli
 from dataset import (PREDICT_EXTENSIONS, Collator, EncodedDataset, has_column, iter_predict_file, load_label_map,
                      load_labelled_file, tokenize)
+from ensemble import Ensemble, is_ensemble, load_ensemble
 from long_text import window_spec
 from tasks import combined_names, is_multitask, split_option, task_labels, task_probabilities, tasks_from_folder
 from tables import PredictionWriter
@@ -62,7 +64,12 @@ def predict_probabilities(model, tokenizer, texts: list, max_length: int, batch_
     batches, and each text's probabilities come from its windows' pooled logits. With `tasks` (several), each
     task's block of outputs gets its own softmax or sigmoid and temperature (multi_label, temperature unused).
 
-    `stats["tokens"]`, when given, is increased by the number of tokens read (for the tokens/s report)."""
+    `stats["tokens"]`, when given, is increased by the number of tokens read (for the tokens/s report). An
+    Ensemble gives the mean of its members' probabilities, each member at its own temperature (and tasks)."""
+    if isinstance(model, Ensemble):
+        return np.mean([predict_probabilities(m.model, m.tokenizer, texts, max_length, batch_size, run, multi_label,
+                                              m.temperature, stats, texts2, windows, m.tasks) for m in model.members],
+                       axis=0)
     token_types = model.takes_token_types(tokenizer)
     if windows is None:
         ids, types = tokenize(tokenizer, texts, max_length, texts2, token_types)
@@ -124,14 +131,17 @@ def predict_sharded(model, tokenizer, texts: list, cfg: Config, run, temperature
 
 
 def load_any_model(folder: str, device, precision: str = "auto"):
-    """(model, tokenizer, cfg, names, extra) of a train.py folder (PyTorch) or of an export.py folder (run by
-    onnxruntime on the CPU: same CSVs, sorting, batching and reports; precision int8 takes its int8 graph)."""
+    """(model, tokenizer, cfg, names, extra) of a train.py folder (PyTorch), of an export.py folder (run by
+    onnxruntime on the CPU: same CSVs, sorting, batching and reports; precision int8 takes its int8 graph) or of an
+    ensemble folder (--ensemble True: the model is an ensemble.Ensemble)."""
     if os.path.isfile(os.path.join(folder, "export.json")):
         from onnx_runner import load_export
         loaded = load_export(folder, int8=precision == "int8")
     elif precision == "int8":
         raise InputError(f"{folder}: --precision int8 runs the int8 graph of an ONNX export (python export.py "
                          "--quantize int8); this is a PyTorch model folder: use auto, fp32 or bf16")
+    elif is_ensemble(folder):
+        loaded = load_ensemble(folder, device)
     else:
         loaded = load_model(folder, device)
     attach_tasks(loaded[2], loaded[3], loaded[4])

@@ -37,6 +37,7 @@ from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSam
                      split_keys, stratified_split, tokenize)
 from losses import make_loss, make_multitask_loss
 from metrics import compute_metrics, is_better
+from repeats import check_repeat_options, repeated, train_members
 from resume import INTERRUPTED_EXIT, PREEMPTED_EXIT, Progress, StopRequest, save_resumable, start_or_resume
 from runlog import EpochLog, RunLog
 from runtime import Run, cleanup_run, launch_local_workers, local_worker_count, setup_run, unwrap
@@ -97,9 +98,10 @@ def recipe_rules(cfg: Config) -> list:
             (0 <= cfg.ema < 1, "--ema must be in [0, 1) (0 = off)")]
 
 
-def load_data(cfg: Config):
+def load_data(cfg: Config, whole: bool = False):
     """(names, train LabelledData, valid LabelledData), all files checked before anything heavy starts. Several
-    tasks: names are every task's `<task>:<class>` and labels are tuples (tasks.Task)."""
+    tasks: names are every task's `<task>:<class>` and labels are tuples (tasks.Task). `whole` (--cv, which
+    splits it into folds): the checked --train_path unsplit, and None."""
     tasks = load_tasks(cfg) if is_multitask(cfg) else None
     names = load_label_map(cfg.dict_path) if tasks is None else combined_names(tasks)
     loaded, problems = {}, []
@@ -113,12 +115,14 @@ def load_data(cfg: Config):
         raise InputError("\n".join(problems))
     train = loaded[cfg.train_path]
     if tasks is not None:
-        return names, *split_tasks_data(cfg, train, loaded.get(cfg.valid_path), tasks)
+        return names, *split_tasks_data(cfg, train, loaded.get(cfg.valid_path), tasks, whole)
     check_training_data(cfg.train_path, train, names, cfg.multi_label)
     if cfg.valid_path:
         valid = loaded[cfg.valid_path]
         check_validation_data(cfg.valid_path, train, valid, names, cfg.multi_label)
         return names, train, valid
+    if whole:
+        return names, train, None
     train_idx, valid_idx = stratified_split(train.labels, cfg.valid_frac, cfg.seed, names, cfg.multi_label)
     return names, train.subset(train_idx), train.subset(valid_idx)
 
@@ -131,13 +135,15 @@ def load_tasks(cfg: Config) -> list:
     return build_tasks(cfg, [load_label_map(path) for path in paths])
 
 
-def split_tasks_data(cfg: Config, train, valid, tasks: list) -> tuple:
+def split_tasks_data(cfg: Config, train, valid, tasks: list, whole: bool = False) -> tuple:
     """load_data's checks and split for several tasks: every task labelled in training, the split stratified by
     each row's first labelled task."""
     check_task_data(cfg.train_path, train, tasks)
     if valid is not None:
         check_task_data(cfg.valid_path, valid, tasks, training=False)
         return train, valid
+    if whole:
+        return train, None
     train_idx, valid_idx = stratified_split(split_keys(train.labels, tasks), cfg.valid_frac, cfg.seed,
                                             combined_names(tasks), False, warn_absent=False)
     return train.subset(train_idx), train.subset(valid_idx)
@@ -153,6 +159,7 @@ def main(argv=None) -> int:
     cfg = parse_config(argv)
     check_options(cfg)
     workers = local_worker_count(cfg.parallel and cfg.parallel_mode == "ddp", cfg.device)
+    check_repeat_options(cfg, workers or int(os.environ.get("WORLD_SIZE", "1")))
     if workers:
         load_data(cfg)  # bad files are reported once, here, not once per worker
     # one writer per save_path: this process, or the launcher of this process's ranks, holds the lock
@@ -161,6 +168,8 @@ def main(argv=None) -> int:
             return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
         try:
             with StopRequest().installed() as stop:
+                if repeated(cfg):  # --seeds, --cv: members one after another, then their summary
+                    return train_members(cfg, stop, train, load_data)
                 return train(cfg, stop)
         except RunFault as e:  # the run cannot go on: say what the user still has
             raise RunFault(f"{e}; {model_in_place(cfg.save_path)}")
@@ -189,10 +198,11 @@ class Phases:
                                                          for name, s in self.seconds.items())
 
 
-def train(cfg: Config, stop: StopRequest) -> int:
-    """Train one process (one rank of several under DDP); PREEMPTED_EXIT if stopped by a signal."""
+def train(cfg: Config, stop: StopRequest, data: tuple = None) -> int:
+    """Train one process (one rank of several under DDP); PREEMPTED_EXIT if stopped by a signal. `data`: what
+    load_data returns, already read (--seeds and --cv members share it)."""
     phases = Phases()
-    names, train_data, valid_data = load_data(cfg)
+    names, train_data, valid_data = data or load_data(cfg)
     phases.mark("read and check data")
     run = start_run(cfg)
     seed_everything(cfg.seed)
@@ -476,6 +486,11 @@ def diverged(cfg: Config, run: Run, where: str, what: str) -> str:
             f"--lr {cfg.lr}){fp16}. Nothing of this run after the last good epoch was saved")
 
 
+def split_name(cfg: Config) -> str:
+    """How the validation rows were chosen, for the start-up block."""
+    return f", a fold of {cfg.cv}" if cfg.cv else f", split {cfg.valid_frac}"
+
+
 def print_startup(cfg: Config, run: Run, training: Training, model_path: str, train_data, valid_data, names: list,
                   encode_s: float) -> None:
     """The derived numbers a user checks before waiting for an epoch: rows, model, devices, batch sizes, updates."""
@@ -483,7 +498,7 @@ def print_startup(cfg: Config, run: Run, training: Training, model_path: str, tr
     per_update = cfg.batch_size * run.world_size * cfg.gradient_accumulation_steps
     updates = updates_per_epoch(training.sampler.batches_in_epoch(1), cfg.gradient_accumulation_steps)
     run.print(f"train {len(train_data.texts)} rows, validation {len(valid_data.texts)} rows, {len(names)} classes "
-              f"({cfg.train_path}{' + ' + cfg.valid_path if cfg.valid_path else ', split ' + str(cfg.valid_frac)})\n"
+              f"({cfg.train_path}{' + ' + cfg.valid_path if cfg.valid_path else split_name(cfg)})\n"
               f"{'pairs ' + cfg.text_col + ' + ' + cfg.text_col2 + ', ' if cfg.text_col2 else ''}"
               f"model {cfg.bert_name} ({model_path}), pooling {cfg.pooling}, {n_params / 1e6:.1f}M trainable "
               f"parameters{', encoder frozen' if not cfg.bert_finetuning else ''}\n"

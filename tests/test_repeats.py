@@ -1,0 +1,331 @@
+"""--seeds, --cv and --ensemble (repeats.py, ensemble.py) and bench/compare.py, on the tiny random BERT."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import NAMES, call, load_bench, make_rows, write_classes, write_csv
+
+ROWS = 45  # 15 per class: 39 training and 6 validation rows with the 10% split, seconds per member
+FLAGS = ["-p", "False", "--n_epochs", "1", "--batch_size", "8", "--lr_main", "1e-3", "--lr", "5e-3",
+         "--max_length", "32", "--log_every", "1000"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, tiny_bert):
+    folder = tmp_path_factory.mktemp("repeats")
+    classes = write_classes(folder / "classes.json")
+    train = write_csv(folder / "train.csv", make_rows(ROWS))
+    inputs = folder / "inputs"
+    inputs.mkdir()
+    write_csv(inputs / "labelled.csv", make_rows(12, seed=1))
+    (inputs / "plain.txt").write_text("\n".join(t for t, _ in make_rows(5, seed=2)) + "\n", encoding="utf-8")
+    return {"dir": folder, "classes": classes, "train": train, "inputs": str(inputs),
+            "args": ["-d", classes, "--train_path", train, "--bert_name", tiny_bert, *FLAGS]}
+
+
+def run_train(data, save, *flags):
+    import train
+    code, out, err = call(train.main, [*data["args"], "--save_path", str(save), *flags])
+    assert code == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def seeds_run(data):
+    save = data["dir"] / "seeds"
+    out = run_train(data, save, "--seeds", "3")
+    return {"save": str(save), "out": out}
+
+
+@pytest.fixture(scope="module")
+def cv_run(data):
+    save = data["dir"] / "cv"
+    out = run_train(data, save, "--cv", "3", "--ensemble", "True", "--multi_label", "True")
+    return {"save": str(save), "out": out}
+
+
+def read_json(*parts):
+    with open(os.path.join(*parts), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def weights_hash(folder):
+    return read_json(folder, "manifest.json")["files"]["model.safetensors"]
+
+
+# ------------------------------------------------------------------------------------------------------ folds
+def test_folds_hold_every_row_once_with_each_class_in_proportion_and_follow_the_seed():
+    from dataset import stratified_folds
+    keys = [0] * 10 + [1] * 7 + [2] * 4 + [3] * 1
+    folds = stratified_folds(keys, 3, seed=42)
+    assert sorted(i for fold in folds for i in fold) == list(range(len(keys)))  # each row in exactly one fold
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    for cls in set(keys):
+        share = keys.count(cls) / 3
+        assert all(abs(sum(keys[i] == cls for i in fold) - share) < 1 for fold in folds), cls
+    assert stratified_folds(keys, 3, seed=42) == folds
+    assert stratified_folds(keys, 3, seed=7) != folds
+
+
+def test_multi_label_rows_are_balanced_by_their_rarest_label_as_the_validation_split_is():
+    from dataset import stratify_keys
+    labels = [[0, 1], [1], [1], [0, 2], [1, 2], [1]]  # counts: 0 twice, 1 five times, 2 twice
+    assert stratify_keys(labels, 3, True) == [0, 1, 1, 0, 2, 1]
+    assert stratify_keys([2, 0, 1], 3, False) == [2, 0, 1]
+
+
+# ------------------------------------------------------------------------------------------------------ seeds
+def test_seeds_train_one_member_folder_per_seed_with_different_weights(seeds_run):
+    members = os.path.join(seeds_run["save"], "members")
+    assert sorted(os.listdir(members)) == ["seed_42", "seed_43", "seed_44"]
+    for name in os.listdir(members):
+        for part in ("metrics.json", "report/metrics.json", "calibration.json", "member.json"):
+            assert os.path.isfile(os.path.join(members, name, part)), (name, part)
+    assert len({weights_hash(os.path.join(members, name)) for name in os.listdir(members)}) == 3
+    configs = [read_json(members, name, "train_config.json") for name in sorted(os.listdir(members))]
+    assert [c["seed"] for c in configs] == [42, 43, 44]
+
+
+def test_every_seed_validates_on_the_split_of_the_first_seed(seeds_run):
+    import train
+    from config import Config
+    summary = read_json(seeds_run["save"], "repeats.json")
+    cfg = Config(train_path=os.path.join(os.path.dirname(seeds_run["save"]), "train.csv"),
+                 dict_path=os.path.join(os.path.dirname(seeds_run["save"]), "classes.json"), seed=42)
+    _, _, valid = train.load_data(cfg)
+    assert summary["split_seed"] == 42
+    assert {r["valid_rows"] for r in summary["members"]} == {len(valid.labels)}
+    for record in summary["members"]:
+        report = read_json(seeds_run["save"], record["path"], "report", "metrics.json")
+        assert report["rows"] == len(valid.labels)
+
+
+def test_the_summary_holds_each_members_best_epoch_and_numpys_mean_and_sample_std(seeds_run):
+    save = seeds_run["save"]
+    summary = read_json(save, "repeats.json")
+    assert [r["name"] for r in summary["members"]] == ["seed_42", "seed_43", "seed_44"]
+    records = []
+    for record in summary["members"]:
+        metrics = read_json(save, record["path"], "metrics.json")
+        best = metrics["epochs"][metrics["best_epoch"] - 1]
+        assert {k: record[k] for k in ("valid_loss", "valid_accuracy", "valid_macro_f1")} == \
+            {k: best[k] for k in ("valid_loss", "valid_accuracy", "valid_macro_f1")}
+        records.append(best)
+    for key in ("valid_loss", "valid_accuracy", "valid_macro_f1"):
+        values = [r[key] for r in records]
+        assert summary["mean"][key] == pytest.approx(np.mean(values), abs=1e-12)
+        assert summary["std"][key] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    line = next(line for line in seeds_run["out"].splitlines() if line.startswith("seeds 42,43,44: "))
+    assert f"valid macro-F1 {summary['mean']['valid_macro_f1']:.4f} ± {summary['std']['valid_macro_f1']:.4f}" in line
+    assert "| accuracy " in line and "| loss " in line
+
+
+def test_the_best_member_by_the_metric_is_the_model_at_save_path(seeds_run):
+    import predict
+    save = seeds_run["save"]
+    summary = read_json(save, "repeats.json")
+    best = max(summary["members"], key=lambda r: r["valid_macro_f1"])  # first of equals, as --metric picks
+    assert summary["best"] == best["name"]
+    member = os.path.join(save, best["path"])
+    assert weights_hash(save) == weights_hash(member)
+    for name in ("calibration.json", "metrics.json", "report/metrics.json"):
+        with open(os.path.join(save, name), "rb") as f, open(os.path.join(member, name), "rb") as g:
+            assert f.read() == g.read(), name
+    texts = [t for t, _ in make_rows(9, seed=3)]
+    np.testing.assert_array_equal(predict.load_classifier(save).predict(texts).probabilities,
+                                  predict.load_classifier(member).predict(texts).probabilities)
+
+
+def test_one_seed_writes_no_members_and_no_summary_and_equals_the_member_of_its_seed(data, seeds_run, tmp_path):
+    save = tmp_path / "one"
+    out = run_train(data, save)
+    assert not (save / "members").exists() and not (save / "repeats.json").exists()
+    assert "== member" not in out
+    # the same seed trains the same weights alone or as a member: members differ by their seed only
+    assert weights_hash(str(save)) == weights_hash(os.path.join(seeds_run["save"], "members", "seed_42"))
+
+
+# ------------------------------------------------------------------------------------------------------ resume
+def test_resume_auto_after_every_member_finished_trains_nothing_and_writes_the_same_summary(data, seeds_run):
+    save = seeds_run["save"]
+    with open(os.path.join(save, "repeats.json"), "rb") as f:
+        before = f.read()
+    out = run_train(data, save, "--seeds", "3", "--resume", "auto")
+    assert out.count("not trained again (--resume auto)") == 3, out
+    assert "epoch 1:" not in out and "== member" not in out
+    with open(os.path.join(save, "repeats.json"), "rb") as f:
+        assert f.read() == before
+
+
+def test_a_stopped_member_resumes_from_its_own_folder_and_ends_as_an_uninterrupted_one(data, seeds_run, tmp_path,
+                                                                                       monkeypatch):
+    import train
+    original = train.Training.after_update
+
+    def stop_in_seed_43(self, micro_steps):
+        if self.cfg.seed == 43 and self.progress.updates == 2:
+            self.stop.signal = "SIGUSR1"  # what the handler of a preemption signal sets
+        return original(self, micro_steps)
+    save = tmp_path / "stopped"
+    monkeypatch.setattr(train.Training, "after_update", stop_in_seed_43)
+    code, out, err = call(train.main, [*data["args"], "--save_path", str(save), "--seeds", "2"])
+    assert code == 75, err
+    assert (save / "members" / "seed_42" / "member.json").exists()
+    assert not (save / "members" / "seed_43" / "member.json").exists() and not (save / "repeats.json").exists()
+    monkeypatch.setattr(train.Training, "after_update", original)
+    out = run_train(data, save, "--seeds", "2", "--resume", "auto")
+    assert "member seed_42 (1 of 2): complete" in out and "resumed from" in out and "3 update(s) so far" in out
+    reference = {r["name"]: r for r in read_json(seeds_run["save"], "repeats.json")["members"]}
+    for record in read_json(str(save), "repeats.json")["members"]:
+        assert record == reference[record["name"]]  # the same scores, to the bit
+
+
+# ----------------------------------------------------------------------------------------------- cv, ensemble
+def test_cv_members_validate_on_disjoint_folds_that_cover_the_training_file(cv_run):
+    summary = read_json(cv_run["save"], "repeats.json")
+    assert summary["kind"] == "cv" and summary["folds"] == 3
+    assert [r["name"] for r in summary["members"]] == ["fold_0", "fold_1", "fold_2"]
+    assert sum(r["valid_rows"] for r in summary["members"]) == ROWS
+    assert all(r["train_rows"] + r["valid_rows"] == ROWS for r in summary["members"])
+    assert {"macro_f1_cross_fitted", "macro_f1_at_0.5"} <= set(summary["mean"])  # multi-label scores
+    assert "cross-fitted macro-F1" in next(line for line in cv_run["out"].splitlines() if line.startswith("folds 3"))
+
+
+def test_the_ensemble_predicts_the_mean_of_its_members_probabilities_and_thresholds(cv_run):
+    import predict
+    save = cv_run["save"]
+    assert not os.path.exists(os.path.join(save, "model.safetensors"))
+    texts = [t for t, _ in make_rows(9, seed=3)]
+    members = [predict.load_classifier(os.path.join(save, "members", f"fold_{k}")) for k in range(3)]
+    ensemble = predict.load_classifier(save)
+    out = ensemble.predict(texts)
+    np.testing.assert_allclose(out.probabilities, np.mean([m.predict(texts).probabilities for m in members], axis=0),
+                               atol=1e-6)
+    thresholds = np.mean([m.extra["thresholds"] for m in members], axis=0)
+    np.testing.assert_allclose(ensemble.extra["thresholds"], thresholds, atol=1e-6)
+    from calibrate import decide
+    chosen = decide(out.probabilities, True, thresholds)
+    assert out.labels == [[NAMES[j] for j in np.flatnonzero(row)] for row in chosen]
+
+
+def test_predict_py_reads_an_ensemble_folder_as_a_model(data, cv_run, tmp_path):
+    import predict
+    save, out_dir = cv_run["save"], str(tmp_path / "preds")
+    argv = ["-f", data["inputs"], "-d", data["classes"], "-p", "False", "--save_path", save, "--out_dir", out_dir,
+            "--report", "True"]
+    code, out, err = call(predict.main, argv)
+    assert code == 0, err
+    import csv
+    with open(os.path.join(out_dir, "labelled.csv"), encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["sentences", "label", *NAMES]
+    expected = predict.load_classifier(save).predict([r["sentences"] for r in rows]).probabilities
+    np.testing.assert_allclose([[float(r[n]) for n in NAMES] for r in rows], expected, atol=1e-6)
+    assert os.path.isfile(os.path.join(out_dir, "report_labelled", "metrics.json"))
+    code, out, err = call(predict.main, argv)
+    assert code == 0 and out.count("up to date") == 2, out
+    code, out, err = call(predict.main, [*argv, "--out_format", "jsonl", "--out_dir", str(tmp_path / "jsonl")])
+    assert code == 0 and os.path.isfile(tmp_path / "jsonl" / "plain.jsonl"), err
+
+
+def test_an_ensemble_is_refused_where_one_model_is_needed_and_replaced_whole_by_one(data, cv_run, tmp_path):
+    import export
+    import predict
+    save = str(tmp_path / "copy")
+    shutil.copytree(cv_run["save"], save)
+    code, out, err = call(export.main, ["--save_path", save, "--out", str(tmp_path / "exported")])
+    assert code == 2 and "an ensemble" in err and err.count("\n") == 1, err
+    run_train(data, save, "--multi_label", "True")  # one model trained into the ensemble's folder
+    assert not os.path.exists(os.path.join(save, "ensemble.json"))
+    assert "ensemble.json" not in read_json(save, "manifest.json")["files"]
+    assert predict.load_classifier(save).model.__class__.__name__ == "BertClassifier"
+
+
+def test_an_ensemble_whose_member_changed_is_refused(cv_run, tmp_path):
+    import predict
+    from config import InputError
+    save = str(tmp_path / "copy")
+    shutil.copytree(cv_run["save"], save)
+    manifest = read_json(save, "members", "fold_1", "manifest.json")
+    manifest["note"] = "saved again"  # its files still match it: a whole model, not the one the ensemble recorded
+    with open(os.path.join(save, "members", "fold_1", "manifest.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f)
+    with pytest.raises(InputError, match="changed after the ensemble"):
+        predict.load_classifier(save)
+
+
+def test_an_ensemble_of_two_tasks_averages_each_tasks_calibrated_probabilities(tiny_bert, tmp_path):
+    import predict
+    import train
+    from test_multitask import HEADER, train_argv, two_task_rows
+    data = write_csv(tmp_path / "train.csv", two_task_rows(40), header=HEADER)
+    save = str(tmp_path / "model")
+    code, out, err = call(train.main, train_argv(tiny_bert, tmp_path, data, save, "--cv", "2", "--ensemble", "True",
+                                                 "--multi_label", "True,False", "--n_epochs", "1"))
+    assert code == 0, err
+    assert "  task emotion: " in out and "  task polarity: " in out
+    texts = [t for t, *_ in two_task_rows(6, seed=4)]
+    ensemble = predict.load_classifier(save).predict(texts)
+    members = [predict.load_classifier(os.path.join(save, "members", f"fold_{k}")) for k in range(2)]
+    np.testing.assert_allclose(ensemble.probabilities,
+                               np.mean([m.predict(texts).probabilities for m in members], axis=0), atol=1e-6)
+    assert sorted(ensemble.labels) == ["emotion", "polarity"]
+    thresholds = read_json(save, "calibration.json")["tasks"]["emotion"]["thresholds"]
+    np.testing.assert_allclose(thresholds, np.mean([m.extra["tasks"]["emotion"]["thresholds"] for m in members], 0),
+                               atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- bad options
+BAD = [
+    (["--ensemble", "True"], "--ensemble True needs members to average: --seeds > 1 or --cv >= 2"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--cv", "1"], "--cv must be 0 (off) or at least 2 folds"),
+    (["--cv", "3", "--seeds", "2"], "--cv with --seeds > 1: choose one"),
+    (["--cv", "3", "--valid_path", "{train}"], "--cv splits --train_path into folds and validates on each of them"),
+    (["--seeds", "2", "--resume", "{dir}/resume/step-000010"], "with --seeds or --cv use --resume auto"),
+    (["--cv", "46"], f"--cv 46: more folds than the {ROWS} rows of"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD, ids=["ensemble_alone", "no_seeds", "one_fold", "cv_and_seeds",
+                                                    "cv_and_valid_path", "resume_path", "more_folds_than_rows"])
+def test_bad_repeat_options_are_one_line_exit_2_and_write_nothing(data, tmp_path, flags, message):
+    import train
+    save = tmp_path / "model"
+    flags = [f.format(train=data["train"], dir=tmp_path) for f in flags]
+    code, out, err = call(train.main, [*data["args"], "--save_path", str(save), *flags])
+    assert code == 2, (out, err)
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not save.exists()
+
+
+# ---------------------------------------------------------------------------------------------- bench/compare
+def test_the_paired_interval_is_the_t_interval_of_the_differences():
+    compare = load_bench("compare")
+    got = compare.paired_interval([0.50, 0.60, 0.70], [0.51, 0.62, 0.73])
+    assert got["differences"] == pytest.approx([0.01, 0.02, 0.03])
+    assert got["mean"] == pytest.approx(0.02) and got["sd"] == pytest.approx(0.01)
+    assert got["half_width"] == pytest.approx(4.302653 * 0.01 / np.sqrt(3), rel=1e-6)  # t(0.975, 2) = 4.302653
+    assert (got["low"], got["high"]) == pytest.approx((0.02 - got["half_width"], 0.02 + got["half_width"]))
+    assert compare.verdict(got) == "no difference shown: the interval includes 0"  # [-0.0048, 0.0448]
+    assert compare.verdict(compare.paired_interval([0.5, 0.6, 0.7], [0.52, 0.621, 0.719])) == \
+        "B beats A: the interval excludes 0"
+    assert compare.verdict(compare.paired_interval([0.5, 0.6], [0.4, 0.49])).startswith("A beats B")
+
+
+def test_compare_trains_both_configurations_on_the_same_seeds_and_saves_the_comparison(data, tiny_bert, tmp_path):
+    compare = load_bench("compare")
+    code = compare.main(["--train_path", data["train"], "-d", data["classes"], "--seeds", "2", "--a", "",
+                         "--b", "--dropout_p 0.3", "--work_dir", str(tmp_path / "work"), "--results",
+                         str(tmp_path / "results"), "--", "--bert_name", tiny_bert, *FLAGS])
+    assert code == 0
+    (saved,) = os.listdir(tmp_path / "results")
+    result = read_json(str(tmp_path / "results"), saved)
+    assert result["seeds"] == [42, 43] and result["b"] == "--dropout_p 0.3"
+    score = result["scores"]["valid_macro_f1"]
+    assert score["differences"] == pytest.approx([y - x for x, y in zip(score["a"], score["b"])])
+    b_config = read_json(str(tmp_path / "work"), "model_b", "members", "seed_43", "train_config.json")
+    assert b_config["dropout_p"] == 0.3 and b_config["seed"] == 43
