@@ -1,0 +1,115 @@
+"""Issue 17's recipes against the defaults, over the same seeds: mean ± std of each, and each one's paired gain.
+
+    python bench/recipes.py                                   # Ekman multi-label, 6,000 training rows, 1 epoch, 3 seeds
+    python bench/recipes.py --taxonomy group --seeds 5 --only baseline,llrd_0.9
+    python bench/recipes.py --train_rows 0 --n_epochs 3       # the whole taxonomy (hours on 2 cores)
+
+Every run is one train.py process on a GoEmotions taxonomy (../shared/data/goemotions, converted by
+bench/accuracy.py's convert_taxonomy; multi-label; the dev split is --valid_path, so every seed validates on the
+same rows and seeds differ only by initialisation, dropout and batch order). Each recipe runs with the seeds
+--seed .. --seed + --seeds - 1; its score on a seed is paired with the baseline's on the same seed. The table gives
+the cross-fitted macro-F1 (thresholds tuned on one half of dev, scored on the other: not optimistic), the tuned one,
+and each recipe's paired difference from the baseline with a 95% t interval. Finished runs are kept in --work_dir
+and not run again, so an interrupted sweep continues where it stopped.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from accuracy import convert_taxonomy  # noqa: E402
+from common import ROOT, load_average, print_table  # noqa: E402
+from compare import paired_interval, verdict  # noqa: E402
+
+RECIPES = {"baseline": [], "llrd_0.9": ["--llrd", "0.9"], "reinit_1": ["--reinit_layers", "1"],
+           "ema_0.99": ["--ema", "0.99"], "focal": ["--loss", "focal"], "asl": ["--loss", "asl"],
+           "llrd_0.9+reinit_1": ["--llrd", "0.9", "--reinit_layers", "1"], "reinit_2": ["--reinit_layers", "2"]}
+DEFAULT_RECIPES = ("llrd_0.9", "reinit_1", "ema_0.99", "focal", "asl")
+SCORES = ("macro_f1_cross_fitted", "macro_f1", "macro_f1_at_0.5")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--taxonomy", default="ekman", choices=("ekman", "original", "group"))
+    p.add_argument("--train_rows", type=int, default=6000, help="seeded sample of training rows (0 = all)")
+    p.add_argument("--n_epochs", type=int, default=1)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=42, help="the first seed")
+    p.add_argument("--only", default=",".join(DEFAULT_RECIPES),
+                   help=f"comma-separated recipes of {', '.join(RECIPES)} (baseline is always run)")
+    p.add_argument("--work_dir", default="", help="keeps the data and every run (default: a temporary folder)")
+    p.add_argument("extra", nargs="*", help="flags for every train.py run (after --)")
+    return p.parse_args(argv)
+
+
+def run_one(args, paths: dict, recipe: str, seed: int) -> dict:
+    """One train.py run (or its result from an earlier sweep): the report's scores and the wall time."""
+    save = os.path.join(args.work_dir, recipe, f"seed_{seed}")
+    result_file = os.path.join(save, "recipe_result.json")
+    if os.path.exists(result_file):
+        with open(result_file) as f:
+            return json.load(f)
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "-d", paths["classes"], "--train_path",
+               paths["train"], "--valid_path", paths["dev"], "--multi_label", "True", "--n_epochs",
+               str(args.n_epochs), "--seed", str(seed), "--save_path", save, "--tensorboard", "False",
+               *RECIPES[recipe], *args.extra]
+    started = time.perf_counter()
+    os.makedirs(save, exist_ok=True)
+    with open(os.path.join(save, "train.log"), "w") as log:
+        code = subprocess.call(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise SystemExit(f"{recipe} seed {seed}: train.py exited {code}; see {save}/train.log")
+    with open(os.path.join(save, "report", "metrics.json")) as f:
+        report = json.load(f)
+    result = {**{k: report[k] for k in SCORES}, "wall_s": time.perf_counter() - started}
+    with open(result_file, "w") as f:
+        json.dump(result, f)
+    print(f"  {recipe} seed {seed}: cross-fitted macro-F1 {result['macro_f1_cross_fitted']:.4f} in "
+          f"{result['wall_s']:.0f}s (load {load_average()})", file=sys.stderr, flush=True)
+    return result
+
+
+def summary_rows(results: dict, seeds: list) -> list:
+    """One table row per recipe: mean ± std of each score, and the paired gain over the baseline."""
+    import numpy as np
+    rows = []
+    for recipe, by_seed in results.items():
+        cells = [recipe]
+        for score in SCORES[:2]:
+            values = np.array([by_seed[s][score] for s in seeds])
+            cells.append(f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0:.4f}")
+        if recipe == "baseline":
+            cells += ["-", "-"]
+        else:
+            gain = paired_interval([results["baseline"][s]["macro_f1_cross_fitted"] for s in seeds],
+                                   [by_seed[s]["macro_f1_cross_fitted"] for s in seeds])
+            cells += [f"{gain['mean']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}]",
+                      verdict(gain).replace("B beats A", "recipe beats baseline")
+                      .replace("A beats B", "baseline beats recipe")]
+        cells.append(f"{sum(by_seed[s]['wall_s'] for s in seeds) / len(seeds):.0f}")
+        rows.append(cells)
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.work_dir = args.work_dir or tempfile.mkdtemp(prefix="recipes_")
+    paths = convert_taxonomy(args.taxonomy, os.path.join(args.work_dir, "data"), args.train_rows)
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    recipes = ["baseline"] + [r for r in args.only.split(",") if r and r != "baseline"]
+    print(f"{args.taxonomy} multi-label, {args.train_rows or 'all'} training rows, {args.n_epochs} epoch(s), seeds "
+          f"{seeds}, work dir {args.work_dir}; load average {load_average()}", flush=True)
+    results = {r: {s: run_one(args, paths, r, s) for s in seeds} for r in recipes}
+    print_table(["recipe", "cross-fitted macro-F1", "tuned macro-F1", "paired gain (cross-fitted), 95% CI",
+                 "verdict", "wall s per run"], summary_rows(results, seeds))
+    with open(os.path.join(args.work_dir, "recipes.json"), "w") as f:
+        json.dump({"args": vars(args), "results": results}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
