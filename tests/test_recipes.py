@@ -279,3 +279,16 @@ def test_bad_recipe_options_are_one_line_exit_2_nothing_written(tiny_task, flags
     assert code == 2, err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not os.path.exists(os.path.join(tiny_task["save"], "model.safetensors"))
+
+
+def test_recipes_bench_summary_pairs_each_recipe_with_the_baseline_seed_by_seed():
+    from conftest import load_bench
+    recipes = load_bench("recipes")
+    scores = {"baseline": [0.40, 0.42, 0.44], "focal": [0.42, 0.45, 0.48]}  # gains 0.02, 0.03, 0.04
+    results = {name: {s: {"macro_f1_cross_fitted": v, "macro_f1": v + 0.01, "macro_f1_at_0.5": v, "wall_s": 10.0}
+                      for s, v in zip((1, 2, 3), values)} for name, values in scores.items()}
+    baseline, focal = recipes.summary_rows(results, [1, 2, 3])
+    assert baseline[:2] == ["baseline", "0.4200 ± 0.0200"] and baseline[3:5] == ["-", "-"]
+    half = 4.302653 * 0.01 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
+    assert focal[3] == f"+0.0300 [{0.03 - half:+.4f}, {0.03 + half:+.4f}]"
+    assert focal[4].startswith("recipe beats baseline") and focal[5] == "10"
