@@ -84,6 +84,9 @@ def summary_rows(results: dict, seeds: list) -> list:
             cells.append(f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0:.4f}")
         if recipe == "baseline":
             cells += ["-", "-"]
+        elif len(seeds) == 1:  # an indication only: one difference has no interval
+            gain = by_seed[seeds[0]]["macro_f1_cross_fitted"] - results["baseline"][seeds[0]]["macro_f1_cross_fitted"]
+            cells += [f"{gain:+.4f}", "one seed: no interval"]
         else:
             gain = paired_interval([results["baseline"][s]["macro_f1_cross_fitted"] for s in seeds],
                                    [by_seed[s]["macro_f1_cross_fitted"] for s in seeds])

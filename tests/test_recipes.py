@@ -292,3 +292,5 @@ def test_recipes_bench_summary_pairs_each_recipe_with_the_baseline_seed_by_seed(
     half = 4.302653 * 0.01 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
     assert focal[3] == f"+0.0300 [{0.03 - half:+.4f}, {0.03 + half:+.4f}]"
     assert focal[4].startswith("recipe beats baseline") and focal[5] == "10"
+    one = recipes.summary_rows({k: {1: v[1]} for k, v in results.items()}, [1])
+    assert one[1][3:5] == ["+0.0200", "one seed: no interval"]
