@@ -24,7 +24,7 @@ def build_optimizer(model: nn.Module, lr_main: float, lr_head: float, weight_dec
     """AdamW: the encoder at lr_main (times llrd per layer below the top, `layer_depths`), the head at lr; no decay
     on biases and LayerNorm weights."""
     named = [(name, p) for name, p in unwrap(model).named_parameters() if p.requires_grad]
-    depths = layer_depths([name for name, _ in named])
+    depths = layer_depths([name for name, _ in named]) if llrd != 1 else {}
     groups = {}
     for name, param in named:
         part = "head" if name.startswith("classifier.") else "encoder"
@@ -75,6 +75,7 @@ class WeightAverage:
         self.decay, self.updates = decay, 0
         self.params = [p for p in unwrap(model).parameters() if p.requires_grad]
         self.shadow = [p.detach().clone() for p in self.params]
+        self.weights = [p.detach() for p in self.params]  # views: the optimizer updates the parameters in place
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -82,7 +83,7 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - self.current_decay())
+        torch._foreach_lerp_(self.shadow, self.weights, 1 - self.current_decay())
 
     @torch.no_grad()
     def _swap(self) -> None:
