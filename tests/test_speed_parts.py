@@ -458,3 +458,51 @@ def test_predict_bench_reference_computes_predict_pys_calibrated_probabilities(t
             reference = hf_copy(model, ["a", "b", "c"], temperature)(input_ids=ids, attention_mask=mask).logits
             np.testing.assert_allclose(torch.softmax(reference.double(), -1).numpy(),
                                        probabilities(logits, False, temperature), atol=1e-5)
+
+
+def test_train_bench_long_documents_keep_each_rows_sentence_first_and_label_and_reach_the_word_count(tmp_path):
+    import csv
+    from conftest import load_bench
+    bench = load_bench("train_vs_hf")
+    src, dst = tmp_path / "src.csv", tmp_path / "docs.csv"
+    with open(src, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["sentences", "emotion"])
+        writer.writerows([[f"sentence {i} says \"{i}\", with quotes", "joy" if i % 2 else "anger"] for i in range(30)])
+    bench.long_documents(str(src), str(dst), 7, 60, seed=3)
+    with open(dst, encoding="utf-8", newline="") as f:
+        docs = list(csv.DictReader(f))
+    assert len(docs) == 7
+    for i, doc in enumerate(docs):
+        assert doc["sentences"].startswith(f"sentence {i} says \"{i}\", with quotes ")  # its own sentence first
+        assert doc["emotion"] == ("joy" if i % 2 else "anger")
+        assert 60 <= len(doc["sentences"].split()) < 60 + 6  # stops at the first sentence that reaches the count
+    bench.long_documents(str(src), str(tmp_path / "again.csv"), 7, 60, seed=3)
+    assert (tmp_path / "again.csv").read_text(encoding="utf-8") == dst.read_text(encoding="utf-8")  # seeded
+
+
+def test_levers_bench_bf16_weights_keeps_float32_masters_and_writes_them_back_rounded(tiny_bert):
+    import subprocess
+    import sys
+    from conftest import ROOT, load_bench
+    from model import BertClassifier, load_pretrained_encoder
+    torch.manual_seed(0)
+    model = BertClassifier(load_pretrained_encoder(tiny_bert), 3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    step, master = load_bench("levers").bf16_weights(model, params)
+    dense = model.encoder.encoder.layer[0].intermediate.dense
+    assert dense.weight.dtype == torch.bfloat16 and model.classifier.weight.dtype == torch.float32
+    before = dense.weight.detach().float().clone()
+    ids = torch.randint(1000, 5000, (4, 9))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    logits.float().sum().backward()
+    step()
+    assert all(m.dtype == torch.float32 for m in master)
+    assert not torch.equal(dense.weight.float(), before)  # it trained
+    assert any(torch.equal(dense.weight, m.to(torch.bfloat16)) for m in master)  # bf16 copy of its master
+    out = subprocess.run([sys.executable, "bench/levers.py", "--lever", "bf16_weights", "--batches", "2", "--rounds",
+                          "1", "--bert_name", tiny_bert, "--max_length", "32"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "round 1: train.py " in out.stdout and "bf16_weights / train.py" in out.stdout
