@@ -329,3 +329,31 @@ def test_compare_trains_both_configurations_on_the_same_seeds_and_saves_the_comp
     assert score["differences"] == pytest.approx([y - x for x, y in zip(score["a"], score["b"])])
     b_config = read_json(str(tmp_path / "work"), "model_b", "members", "seed_43", "train_config.json")
     assert b_config["dropout_p"] == 0.3 and b_config["seed"] == 43
+
+
+@pytest.mark.parametrize("shape", ["pairs", "windows", "pair_windows"])
+def test_an_ensemble_of_pairs_or_long_text_windows_predicts_the_mean_of_its_members(data, tmp_path, shape):
+    import predict
+    from test_long_text import WINDOW, long_rows
+    rows = long_rows(40) if "windows" in shape else make_rows(40)
+    pairs = "pair" in shape
+    header = ("sentences", "about", "emotion") if pairs else ("sentences", "emotion")
+    train_path = write_csv(tmp_path / "train.csv", [(t, f"about {n}", n) if pairs else (t, n)
+                                                    for i, (t, n) in enumerate(rows)], header=header)
+    flags = (["--text_col2", "about"] if pairs else []) + (WINDOW if "windows" in shape else [])
+    save = tmp_path / "model"
+    args = [*data["args"], "--train_path", train_path, "--save_path", str(save), "--seeds", "2", "--ensemble",
+            "True", *flags]
+    import train
+    code, out, err = call(train.main, args)
+    assert code == 0, err
+    texts = [t for t, _ in (long_rows(6, seed=3) if "windows" in shape else make_rows(6, seed=3))]
+    texts2 = [f"about {n}" for n in NAMES[:3]] * 2 if pairs else None
+    ensemble = predict.load_classifier(str(save))
+    members = [predict.load_classifier(os.path.join(save, "members", m))
+               for m in sorted(os.listdir(os.path.join(save, "members")))]
+    assert len(members) == 2
+    got = ensemble.predict(texts, texts2).probabilities
+    np.testing.assert_allclose(got, np.mean([m.predict(texts, texts2).probabilities for m in members], axis=0),
+                               atol=1e-6)
+    assert not np.allclose(*[m.predict(texts, texts2).probabilities for m in members])  # two seeds, two models
