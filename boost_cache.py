@@ -2,7 +2,8 @@
 
 With `--bert_finetuning False` the encoder never changes, so every epoch would compute the same sentence vectors
 again; with `--boost True` they are computed once and the head trains on them (epochs after the first run
-about 80x faster, bench/boost.py). The cache file in save_path/boost_cache/ is keyed by the checkpoint, max_length,
+about 80x faster, bench/boost.py). The cache file in save_path/boost_cache/ (or --boost_cache; the members of
+--seeds and --cv share their run's) is keyed by the checkpoint, max_length,
 pooling and precision; inside it each vector is keyed by a hash of its text, so new or edited sentences are
 encoded and unchanged ones are not. A damaged cache is rebuilt, never trusted.
 """
@@ -36,10 +37,10 @@ def checkpoint_fingerprint(model_path: str) -> str:
     return h.hexdigest()
 
 
-def boost_cache_file(save_path: str, model_path: str, max_length: int, pooling: str, precision: str) -> str:
+def boost_cache_file(folder: str, model_path: str, max_length: int, pooling: str, precision: str) -> str:
     parts = f"{checkpoint_fingerprint(model_path)}|{max_length}|{pooling}|{precision}"
     key = hashlib.sha256(parts.encode()).hexdigest()[:24]
-    return os.path.join(save_path, "boost_cache", f"{key}.safetensors")
+    return os.path.join(folder, f"{key}.safetensors")
 
 
 def text_digest(text: str, text2: str = None) -> bytes:
@@ -57,7 +58,8 @@ def cached_sentence_vectors(model, tokenizer, texts: list, input_ids: list, cfg,
     The cache file is keyed by the checkpoint, max_length, pooling and precision; inside it each vector is
     keyed by a hash of its text (or pair), so new or edited sentences are encoded and unchanged ones are not.
     """
-    path = boost_cache_file(cfg.save_path, model_path, cfg.max_length, cfg.pooling, run.precision)
+    folder = cfg.boost_cache or os.path.join(cfg.save_path, "boost_cache")
+    path = boost_cache_file(folder, model_path, cfg.max_length, cfg.pooling, run.precision)
     known_vectors, known = torch.zeros((0, unwrap(model).n_features)), {}
     if os.path.exists(path):
         try:

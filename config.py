@@ -86,6 +86,8 @@ class Config:
     bert_finetuning: bool = opt(True, "True: fine-tune the encoder with the head; False: freeze it, train the head only")
     boost: bool = opt(False, "with --bert_finetuning False: encode each sentence once (cached in save_path) "
                       "and train the head on the stored vectors")
+    boost_cache: str = opt("", "with --boost: the cache's folder (empty = save_path/boost_cache; --seeds and --cv "
+                           "members share their run's); runs given one folder encode each sentence once")
     # Half of the embedded checkpoint's weights are its 30,522 x 384 word embeddings; their dense gradient, its
     # clipping and their AdamW update took 10% of a CPU training step, for rows that one batch barely touches
     # (bench/README.md: the accuracy with and without).

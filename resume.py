@@ -38,7 +38,7 @@ HASH_FILE = "state.pt.sha256"  # written before the folder is committed: a damag
 STEP_RE = re.compile(r"^step-(\d+)$")
 # Options that may change between a run and its resumption without changing what is computed.
 MAY_CHANGE = {"resume", "save_every", "log_every", "tensorboard", "num_workers", "device", "parallel",
-              "parallel_mode"}
+              "parallel_mode", "boost_cache"}
 
 
 @dataclass

@@ -71,7 +71,10 @@ def check_options(cfg: Config) -> None:
              (cfg.precision != "int8", "--precision int8 is for predicting with an ONNX export made by export.py "
                                        "--quantize int8; train with auto, fp32, bf16 or fp16"),
              (not cfg.boost or not cfg.bert_finetuning,
-              "--boost True needs --bert_finetuning False (vectors can only be cached from a frozen encoder)")]
+              "--boost True needs --bert_finetuning False (vectors can only be cached from a frozen encoder)"),
+             (not cfg.boost_cache or cfg.boost, "--boost_cache is the folder of the --boost cache: add --boost True"),
+             (not os.path.exists(cfg.boost_cache) or os.path.isdir(cfg.boost_cache),
+              f"--boost_cache {cfg.boost_cache}: exists and is not a folder")]
     for ok, message in rules + recipe_rules(cfg):
         if not ok:
             raise InputError(message)

@@ -357,3 +357,27 @@ def test_an_ensemble_of_pairs_or_long_text_windows_predicts_the_mean_of_its_memb
     np.testing.assert_allclose(got, np.mean([m.predict(texts, texts2).probabilities for m in members], axis=0),
                                atol=1e-6)
     assert not np.allclose(*[m.predict(texts, texts2).probabilities for m in members])  # two seeds, two models
+
+
+def test_seeds_share_one_boost_cache_and_runs_share_a_given_one(data, tmp_path):
+    import train
+    boost = ["--bert_finetuning", "False", "--boost", "True"]
+    save = tmp_path / "seeds"
+    code, out, err = call(train.main, [*data["args"], "--save_path", str(save), "--seeds", "2", *boost])
+    assert code == 0, err
+    encoded, cached = out.split("== member seed_43")
+    assert "--boost: encoded" in encoded and "--boost: encoded" not in cached  # the second seed reads the first's
+    assert "sentence vectors from the cache" in cached
+    assert os.listdir(save / "boost_cache") and not (save / "members" / "seed_42" / "boost_cache").exists()
+    shared = tmp_path / "shared_cache"
+    for name in ("a", "b"):
+        code, out, err = call(train.main, [*data["args"], "--save_path", str(tmp_path / name), "--boost_cache",
+                                           str(shared), *boost])
+        assert code == 0, err
+        assert ("--boost: encoded" in out) == (name == "a"), out
+    assert not (tmp_path / "b" / "boost_cache").exists() and len(os.listdir(shared)) == 1
+    (tmp_path / "a_file").write_text("x")
+    for flags, message in ((["--boost_cache", str(shared)], "add --boost True"),
+                           ([*boost, "--boost_cache", str(tmp_path / "a_file")], "exists and is not a folder")):
+        code, out, err = call(train.main, [*data["args"], "--save_path", str(tmp_path / "c"), *flags])
+        assert code == 2 and message in err and err.count("\n") == 1, err
