@@ -159,7 +159,7 @@ def boost_vectors(model_path, save_path, texts, max_length=32, pooling="cls"):
     model.freeze_encoder()
     counter = Encoded(model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    cfg = SimpleNamespace(save_path=str(save_path), max_length=max_length, pooling=pooling)
+    cfg = SimpleNamespace(save_path=str(save_path), boost_cache="", max_length=max_length, pooling=pooling)
     vectors = cached_sentence_vectors(model, tokenizer, texts, tokenize(tokenizer, texts, max_length)[0], cfg,
                                       model_path, cpu_run())
     return vectors, counter.rows
