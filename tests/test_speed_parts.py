@@ -148,18 +148,17 @@ class Encoded:
 
 def boost_vectors(model_path, save_path, texts, max_length=32, pooling="cls"):
     """(vectors, rows encoded) from boost_cache.cached_sentence_vectors with a fresh model of model_path."""
-    from types import SimpleNamespace
-
     from transformers import AutoTokenizer
 
-    from dataset import tokenize
     from boost_cache import cached_sentence_vectors
+    from config import Config
+    from dataset import tokenize
     from model import BertClassifier, load_pretrained_encoder
     model = BertClassifier(load_pretrained_encoder(model_path), 3, pooling)
     model.freeze_encoder()
     counter = Encoded(model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    cfg = SimpleNamespace(save_path=str(save_path), boost_cache="", max_length=max_length, pooling=pooling)
+    cfg = Config(save_path=str(save_path), max_length=max_length, pooling=pooling)
     vectors = cached_sentence_vectors(model, tokenizer, texts, tokenize(tokenizer, texts, max_length)[0], cfg,
                                       model_path, cpu_run())
     return vectors, counter.rows
