@@ -7,10 +7,11 @@ like a model folder's. Each member is a complete model folder, checked when it i
 changed since the ensemble was made.
 
 A prediction is the mean of the members' calibrated probabilities, each member at its own temperature
-(predict.predict_probabilities). Multi-label decisions use, per class, the mean of the members' thresholds: simple,
-and each member's were tuned on its own validation rows, so their mean draws on every validation row the members
-saw (all rows, with --cv) without tuning again on probabilities that no one validated. Several tasks: the same per
-task.
+(predict.predict_probabilities). Multi-label decisions: with --seeds, whose members validate on the same rows, per
+class the threshold tuned for F1 on the ensemble's own mean probabilities of those rows, as one model's are tuned
+on its own (report.ensemble_parts); with --cv, whose members validate on different folds, the mean of the
+members' thresholds, which draws on every fold without tuning on probabilities that no held-out row checked.
+Several tasks: the same per task.
 """
 import json
 import os
@@ -111,9 +112,10 @@ def mean_thresholds(calibrations: list) -> dict:
     return out
 
 
-def write_ensemble(save_path: str, cfg, members: list) -> None:
+def write_ensemble(save_path: str, cfg, members: list, calibration: dict = None) -> None:
     """Make save_path the ensemble of `members` [(name, folder)], in one commit (checkpoint.commit_copy): the
-    members' settings are read back from their folders, each checked against its manifest."""
+    members' settings are read back from their folders, each checked against its manifest. `calibration`: the
+    ensemble's calibration.json (report.ensemble_calibration), by default the mean of the members' thresholds."""
     import dataclasses
 
     from checkpoint import MANIFEST, commit_copy, read_settings, sha256_file
@@ -123,9 +125,11 @@ def write_ensemble(save_path: str, cfg, members: list) -> None:
                 "manifest_sha256": sha256_file(os.path.join(folder, MANIFEST))} for name, folder in members]
     description = {"format": FORMAT_VERSION, "members": entries,
                    "probabilities": "mean of the members' calibrated probabilities, each at its own temperature",
-                   "thresholds": "multi-label: per class, the mean of the members' thresholds"}
+                   "thresholds": "multi-label: per class, " + (
+                       "the mean of the members' thresholds" if calibration is None else
+                       "tuned for F1 on the ensemble's mean probabilities of the validation rows")}
     # the run's options, with what training resolved (--pooling auto) as its members saved it
     run_cfg = dataclasses.replace(first_cfg, seed=cfg.seed, save_path=cfg.save_path)
     commit_copy(save_path, {}, {ENSEMBLE_FILE: description, "train_config.json": dataclasses.asdict(run_cfg),
                                 "classes.json": {n: i for i, n in enumerate(names)},
-                                "calibration.json": mean_thresholds([extra for _, _, extra in settings])})
+                                "calibration.json": calibration or mean_thresholds([extra for _, _, extra in settings])})

@@ -211,19 +211,46 @@ def finish_members(cfg: Config, plans: list) -> dict:
     for plan, record in zip(plans, records):
         if best is None or is_better(cfg.metric, record[f"valid_{cfg.metric}"], best[1][f"valid_{cfg.metric}"]):
             best = plan, record
+    ensemble = None
     if cfg.ensemble:
-        write_ensemble(cfg.save_path, cfg, [(plan.name, plan.folder) for plan in plans])
-        for stale in ("metrics.json", "report"):  # a single model's, from an earlier run: not the ensemble's
-            remove_path(os.path.join(cfg.save_path, stale))
+        ensemble = write_members_ensemble(cfg, plans)
     else:
         put_best_in_place(cfg.save_path, best[0].folder)
     mean, std = spread(records)
     summary = {"kind": "cv" if cfg.cv else "seeds", "seeds": [plan.cfg.seed for plan in plans],
                "split_seed": cfg.seed, "folds": cfg.cv or None, "metric": cfg.metric, "best": best[0].name,
                "save_path": "ensemble of every member" if cfg.ensemble else f"copy of members/{best[0].name}",
-               "members": records, "mean": mean, "std": std}
+               "members": records, "mean": mean, "std": std, **({"ensemble": ensemble} if ensemble else {})}
     write_json(os.path.join(cfg.save_path, SUMMARY_FILE), summary)
     return summary
+
+
+def write_members_ensemble(cfg: Config, plans: list) -> dict:
+    """save_path as the ensemble of every member. With --seeds (one validation set for all) it gets a report of its
+    own, save_path/report/, and thresholds tuned on it; returns its scores (as a member record names them), or
+    None with --cv, whose members validated on different folds."""
+    from report import ensemble_calibration, ensemble_parts, ensemble_report
+    names, _, valid = plans[0].data
+    tasks = tasks_from_folder(cfg, names, {}) if is_multitask(cfg) else None
+    parts = None if cfg.cv else ensemble_parts([p.folder for p in plans], valid.labels, names, cfg.multi_label, tasks)
+    write_ensemble(cfg.save_path, cfg, [(plan.name, plan.folder) for plan in plans],
+                   ensemble_calibration(parts) if parts else None)
+    for stale in ("metrics.json", "report"):  # a single model's, from an earlier run: not the ensemble's
+        remove_path(os.path.join(cfg.save_path, stale))
+    if not parts:
+        return None
+    scores = {}
+    for task, metrics in ensemble_report(cfg.save_path, parts, len(plans)).items():
+        prefix = f"{task}_" if task else ""
+        if "macro_f1_cross_fitted" in metrics:  # multi-label: named as in member_record
+            scores.update({f"valid_{prefix}macro_f1": metrics["macro_f1_at_0.5"],
+                           f"{prefix}macro_f1_cross_fitted": metrics["macro_f1_cross_fitted"],
+                           f"{prefix}macro_f1_at_0.5": metrics["macro_f1_at_0.5"],
+                           f"{prefix}macro_f1_tuned": metrics["macro_f1"]})
+        else:
+            scores.update({f"valid_{prefix}macro_f1": metrics["macro_f1"],
+                           f"valid_{prefix}accuracy": metrics["accuracy"]})
+    return scores
 
 
 def put_best_in_place(save_path: str, member: str) -> None:
@@ -268,6 +295,10 @@ def print_summary(cfg: Config, plans: list, summary: dict) -> None:
     print(f"{which}: {scores_line(both)} (mean ± sample standard deviation of {len(plans)} members)", flush=True)
     for task in task_names(cfg):
         print(f"  task {task}: " + scores_line(both, f"{task}_"), flush=True)
+    if "ensemble" in summary:
+        print(f"ensemble of the {len(plans)} members: {scores_line(summary['ensemble'])}", flush=True)
+        for task in task_names(cfg):
+            print(f"  task {task}: " + scores_line(summary["ensemble"], f"{task}_"), flush=True)
     model = "an ensemble of every member" if cfg.ensemble else f"the best member, {summary['best']} (by valid " \
         f"{cfg.metric})"
     print(f"{cfg.save_path}: {model}; every member's record in {os.path.join(cfg.save_path, SUMMARY_FILE)}",

@@ -9,12 +9,15 @@
     confusion_matrix.tsv         the whole matrix, tab-separated, with class names
     reliability.png              confidence vs observed frequency per bin, before and after temperature scaling
     learning_curves.png          train and validation loss and the validation metric per epoch (training only)
+    validation_probabilities.npy the calibrated probabilities themselves (members of --seeds and --cv only: an
+                                 ensemble averages them into its own report)
 train.py writes it into save_path/report/ for the best epoch; predict.py --report into out_dir/report_<stem>/.
 Plots use matplotlib's Agg backend: no display is needed. No file here is a .csv, so an out_dir of
 predictions holds predictions CSVs only. Nothing here grows with the square of the class count but the matrix.
 """
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,6 +28,7 @@ CONFUSION_NAME_LIMIT = 40  # beyond this many classes the matrix is drawn withou
 # Beyond this many classes the figure shows the most confused ones only: a drawing grows with the square of the
 # class count (1,000 classes drawn whole needed more memory than a laptop has); the whole matrix goes to a file.
 CONFUSION_DRAW_LIMIT = 40
+PROBABILITIES_FILE = "validation_probabilities.npy"
 
 
 def _pyplot():
@@ -165,17 +169,17 @@ def write_report(folder: str, probs: np.ndarray, labels: list, names: list, mult
 
 
 def training_report(save_path: str, logits, labels: list, names: list, multi_label: bool, history: list,
-                    metric: str, best_epoch: int, print_fn=print) -> dict:
+                    metric: str, best_epoch: int, print_fn=print, keep_probabilities: bool = False) -> dict:
     """After training: fit the temperature (and thresholds) on the best epoch's validation logits, store them in
     the model folder's calibration.json, write save_path/report/ and print a summary."""
     saved, metrics = calibrated_report(os.path.join(save_path, "report"), logits, labels, names, multi_label,
-                                       history, metric, best_epoch, print_fn)
+                                       history, metric, best_epoch, print_fn, keep_probabilities)
     commit_calibration(save_path, saved)
     return metrics
 
 
 def multitask_report(save_path: str, logits, labels: list, tasks: list, history: list, metric: str,
-                     best_epoch: int, print_fn=print) -> dict:
+                     best_epoch: int, print_fn=print, keep_probabilities: bool = False) -> dict:
     """training_report for several tasks: each task's temperature (and thresholds) fitted on its own logits and
     labelled rows, its report in save_path/report/<task>/; calibration.json holds them all under "tasks"."""
     from tasks import task_labels
@@ -189,7 +193,7 @@ def multitask_report(save_path: str, logits, labels: list, tasks: list, history:
         print_fn(f"\ntask {task.name}:")
         fitted[task.name], results[task.name] = calibrated_report(
             os.path.join(save_path, "report", task.name), logits[rows, task.start:task.stop], mine, task.classes,
-            task.multi_label, history, metric, best_epoch, print_fn)
+            task.multi_label, history, metric, best_epoch, print_fn, keep_probabilities)
     commit_calibration(save_path, {"temperature": 1.0, "tasks": fitted})
     return results
 
@@ -204,9 +208,10 @@ def commit_calibration(save_path: str, saved: dict) -> None:
 
 
 def calibrated_report(folder: str, logits, labels: list, names: list, multi_label: bool, history: list,
-                      metric: str, best_epoch: int, print_fn=print) -> tuple:
+                      metric: str, best_epoch: int, print_fn=print, keep_probabilities: bool = False) -> tuple:
     """(calibration.json's content, metrics): the temperature (and thresholds) fitted on `logits`, and the report
-    of the calibrated probabilities written into `folder` and printed."""
+    of the calibrated probabilities written into `folder` and printed; with `keep_probabilities`, those
+    probabilities too (PROBABILITIES_FILE)."""
     logits = np.asarray(logits, dtype=np.float64)
     fit = calibrate.calibrate(logits, labels, len(names), multi_label)
     saved = fit["saved"]
@@ -214,20 +219,103 @@ def calibrated_report(folder: str, logits, labels: list, names: list, multi_labe
     extra = {"temperature": saved["temperature"], "nll_before": fit["nll_before"], "nll_after": fit["nll_after"],
              "ece_before": fit["ece_before"], "ece_after": fit["ece_after"]}
     if multi_label:
-        y = calibrate.target_matrix(labels, len(names))
-        extra["thresholds"] = dict(zip(names, saved["thresholds"]))
-        at_half = evaluate_predictions(probs, labels, names, True)
-        extra["macro_f1_at_0.5"] = at_half["macro_f1"]
-        from sklearn.metrics import f1_score
-        extra["macro_f1_cross_fitted"] = float(f1_score(y, calibrate.cross_fitted_predictions(probs, y),
-                                                        average="macro", zero_division=0))
+        extra.update(threshold_scores(probs, labels, names, saved["thresholds"]))
     metrics = write_report(folder, probs, labels, names, multi_label, saved.get("thresholds"),
                            raw_probs=calibrate.probabilities(logits, multi_label), extra=extra, history=history,
                            metric=metric, best_epoch=best_epoch, title=f"validation, epoch {best_epoch}")
+    if keep_probabilities:
+        save_probabilities(folder, probs)
     print_fn(f"\nvalidation report (best epoch {best_epoch}, temperature {saved['temperature']:.3f}"
              f"{', per-class thresholds tuned for F1' if multi_label else ''}):\n{metrics['text']}")
     print_fn(f"calibration: ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}, NLL {fit['nll_before']:.4f} -> "
-             f"{fit['nll_after']:.4f} | accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}"
-             + (f" (at 0.5: {extra['macro_f1_at_0.5']:.4f}, cross-fitted: {extra['macro_f1_cross_fitted']:.4f})"
-                if multi_label else "") + f"\nreport: {folder}")
+             f"{fit['nll_after']:.4f} | " + scores_line(metrics, multi_label) + f"\nreport: {folder}")
     return saved, metrics
+
+
+def threshold_scores(probs: np.ndarray, labels: list, names: list, thresholds: list) -> dict:
+    """Multi-label: the tuned thresholds by class name, the macro-F1 at 0.5, and the cross-fitted macro-F1
+    (thresholds tuned on one half of the rows, scored on the other: the score to expect on new rows)."""
+    from sklearn.metrics import f1_score
+    y = calibrate.target_matrix(labels, len(names))
+    return {"thresholds": dict(zip(names, thresholds)),
+            "macro_f1_at_0.5": evaluate_predictions(probs, labels, names, True)["macro_f1"],
+            "macro_f1_cross_fitted": float(f1_score(y, calibrate.cross_fitted_predictions(probs, y),
+                                                    average="macro", zero_division=0))}
+
+
+def scores_line(metrics: dict, multi_label: bool) -> str:
+    return f"accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}" + (
+        f" (at 0.5: {metrics['macro_f1_at_0.5']:.4f}, cross-fitted: {metrics['macro_f1_cross_fitted']:.4f})"
+        if multi_label else "")
+
+
+def save_probabilities(folder: str, probs: np.ndarray) -> None:
+    import io
+
+    from checkpoint import write_atomic
+    buffer = io.BytesIO()
+    np.save(buffer, probs.astype(np.float32))
+    write_atomic(os.path.join(folder, PROBABILITIES_FILE), buffer.getvalue())
+
+
+# ------------------------------------------------------------------------------------------ an ensemble's report
+@dataclass
+class EnsemblePart:
+    """One report of an ensemble (the model's, or one task's): its validation rows' labels, its classes, the mean
+    of the members' calibrated probabilities and, multi-label, the thresholds tuned on that mean."""
+    task: str  # "" for a single-task model
+    labels: list
+    names: list
+    multi_label: bool
+    probs: np.ndarray
+    thresholds: list = None
+
+
+def ensemble_parts(member_folders: list, labels: list, names: list, multi_label: bool, tasks: list = None):
+    """The ensemble's validation, from the probabilities each member kept (members of --seeds validate on the same
+    rows): one EnsemblePart per report (per task with several), or None where a member kept none (trained before
+    members kept them)."""
+    from tasks import task_labels
+    wanted = [(task.name, *task_labels(labels, k)[1:], task.classes, task.multi_label)
+              for k, task in enumerate(tasks)] if tasks else [("", labels, names, multi_label)]
+    parts = []
+    for task, mine, classes, several in wanted:
+        paths = [os.path.join(folder, "report", task, PROBABILITIES_FILE) for folder in member_folders]
+        if not mine:  # a task without labelled validation rows: no member reported on it either
+            continue
+        if not all(os.path.isfile(path) for path in paths):
+            return None
+        probs = np.mean([np.load(path) for path in paths], axis=0)
+        if probs.shape != (len(mine), len(classes)):
+            return None  # members that validated on other rows
+        thresholds = None
+        if several:
+            y = calibrate.target_matrix(mine, len(classes))
+            thresholds = [round(float(t), 6) for t in calibrate.tune_thresholds(probs, y)]
+        parts.append(EnsemblePart(task, mine, classes, several, probs, thresholds))
+    return parts
+
+
+def ensemble_calibration(parts: list) -> dict:
+    """The ensemble's calibration.json: temperature 1 (each member applies its own) and each part's thresholds."""
+    def entry(part):
+        return {"temperature": 1.0, **({"thresholds": part.thresholds} if part.thresholds else {})}
+    if len(parts) == 1 and not parts[0].task:
+        return entry(parts[0])
+    return {"temperature": 1.0, "tasks": {part.task: entry(part) for part in parts}}
+
+
+def ensemble_report(save_path: str, parts: list, members: int, print_fn=print) -> dict:
+    """save_path/report/ (per task: report/<task>/) for the ensemble's mean probabilities on the validation rows,
+    scored as one model's are; returns each part's metrics by task name ("" for one task)."""
+    results = {}
+    for part in parts:
+        folder = os.path.join(save_path, "report", part.task)
+        extra = {"members": members}
+        if part.multi_label:
+            extra.update(threshold_scores(part.probs, part.labels, part.names, part.thresholds))
+        results[part.task] = write_report(folder, part.probs, part.labels, part.names, part.multi_label,
+                                          part.thresholds, extra=extra, title=f"validation, ensemble of {members}")
+        print_fn(f"ensemble of {members}{f', task {part.task}' if part.task else ''}: "
+                 + scores_line(results[part.task], part.multi_label) + f" | report: {folder}")
+    return results

@@ -599,11 +599,12 @@ def finish(cfg: Config, run: Run, progress: Progress, labels: list, names: list,
     if run.is_main and tasks:
         from report import multitask_report
         multitask_report(cfg.save_path, progress.best_logits.numpy(), labels, tasks, progress.history, cfg.metric,
-                         progress.best_epoch, run.print)
+                         progress.best_epoch, run.print, keep_probabilities=repeated(cfg))
     elif run.is_main:
         from report import training_report
         training_report(cfg.save_path, progress.best_logits.numpy(), labels, names, cfg.multi_label,
-                        progress.history, cfg.metric, progress.best_epoch, run.print)
+                        progress.history, cfg.metric, progress.best_epoch, run.print,
+                        keep_probabilities=repeated(cfg))  # a member: an ensemble averages them into its report
     cleanup_run()
 
 

@@ -206,9 +206,56 @@ def test_the_ensemble_predicts_the_mean_of_its_members_probabilities_and_thresho
                                atol=1e-6)
     thresholds = np.mean([m.extra["thresholds"] for m in members], axis=0)
     np.testing.assert_allclose(ensemble.extra["thresholds"], thresholds, atol=1e-6)
+    # folds validated on different rows: no ensemble report, the members' thresholds averaged
+    assert not os.path.exists(os.path.join(save, "report")) and "ensemble" not in read_json(save, "repeats.json")
     from calibrate import decide
     chosen = decide(out.probabilities, True, thresholds)
     assert out.labels == [[NAMES[j] for j in np.flatnonzero(row)] for row in chosen]
+
+
+@pytest.fixture(scope="module")
+def seeds_ensemble(data):
+    valid = write_csv(data["dir"] / "valid.csv", make_rows(12, seed=5))
+    save = data["dir"] / "seeds_ensemble"
+    out = run_train(data, save, "--seeds", "2", "--ensemble", "True", "--multi_label", "True", "--valid_path", valid)
+    return {"save": str(save), "out": out, "valid": valid}
+
+
+def test_a_seeds_ensemble_reports_and_tunes_its_thresholds_on_its_members_mean_validation_probabilities(
+        seeds_ensemble):
+    import csv
+
+    import predict
+    from sklearn.metrics import f1_score
+
+    from calibrate import cross_fitted_predictions, decide, target_matrix, tune_thresholds
+    save = seeds_ensemble["save"]
+    with open(seeds_ensemble["valid"], encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    texts, y = [t for t, _ in rows], target_matrix([[NAMES.index(n)] for _, n in rows], len(NAMES))
+    folders = [os.path.join(save, "members", f"seed_{s}") for s in (42, 43)]
+    kept = [np.load(os.path.join(folder, "report", "validation_probabilities.npy")) for folder in folders]
+    for folder, probs in zip(folders, kept):  # each member kept its calibrated probabilities of the validation rows
+        np.testing.assert_allclose(probs, predict.load_classifier(folder).predict(texts).probabilities, atol=2e-3)
+    mean = np.mean(kept, axis=0)
+    thresholds = read_json(save, "calibration.json")["thresholds"]
+    np.testing.assert_allclose(thresholds, tune_thresholds(mean, y), atol=1e-6)
+    member_mean = np.mean([read_json(folder, "calibration.json")["thresholds"] for folder in folders], axis=0)
+    assert not np.allclose(thresholds, member_mean)  # tuned on the ensemble, not the mean of the members'
+    report = read_json(save, "report", "metrics.json")
+    assert report["members"] == 2 and report["rows"] == len(rows)
+    assert report["macro_f1_cross_fitted"] == pytest.approx(
+        f1_score(y, cross_fitted_predictions(mean, y), average="macro", zero_division=0))
+    assert report["macro_f1"] == pytest.approx(f1_score(y, decide(mean, True, thresholds), average="macro",
+                                                        zero_division=0))
+    summary = read_json(save, "repeats.json")
+    assert summary["ensemble"]["macro_f1_cross_fitted"] == report["macro_f1_cross_fitted"]
+    assert summary["ensemble"]["macro_f1_tuned"] == report["macro_f1"]
+    line = next(line for line in seeds_ensemble["out"].splitlines() if line.startswith("ensemble of the 2 members"))
+    assert f"cross-fitted macro-F1 {report['macro_f1_cross_fitted']:.4f}" in line, line
+    out = predict.load_classifier(save).predict(texts)  # predict.py decides with the thresholds tuned above
+    assert out.labels == [[NAMES[j] for j in np.flatnonzero(row)] for row in decide(out.probabilities, True,
+                                                                                     thresholds)]
 
 
 def test_predict_py_reads_an_ensemble_folder_as_a_model(data, cv_run, tmp_path):
@@ -257,25 +304,39 @@ def test_an_ensemble_whose_member_changed_is_refused(cv_run, tmp_path):
         predict.load_classifier(save)
 
 
-def test_an_ensemble_of_two_tasks_averages_each_tasks_calibrated_probabilities(tiny_bert, tmp_path):
+@pytest.mark.parametrize("repeat", [("--cv", "2"), ("--seeds", "2")], ids=["cv", "seeds"])
+def test_an_ensemble_of_two_tasks_averages_each_tasks_calibrated_probabilities(tiny_bert, tmp_path, repeat):
     import predict
     import train
     from test_multitask import HEADER, train_argv, two_task_rows
     data = write_csv(tmp_path / "train.csv", two_task_rows(40), header=HEADER)
     save = str(tmp_path / "model")
-    code, out, err = call(train.main, train_argv(tiny_bert, tmp_path, data, save, "--cv", "2", "--ensemble", "True",
+    code, out, err = call(train.main, train_argv(tiny_bert, tmp_path, data, save, *repeat, "--ensemble", "True",
                                                  "--multi_label", "True,False", "--n_epochs", "1"))
     assert code == 0, err
     assert "  task emotion: " in out and "  task polarity: " in out
     texts = [t for t, *_ in two_task_rows(6, seed=4)]
     ensemble = predict.load_classifier(save).predict(texts)
-    members = [predict.load_classifier(os.path.join(save, "members", f"fold_{k}")) for k in range(2)]
+    names = sorted(os.listdir(os.path.join(save, "members")))
+    members = [predict.load_classifier(os.path.join(save, "members", name)) for name in names]
     np.testing.assert_allclose(ensemble.probabilities,
                                np.mean([m.predict(texts).probabilities for m in members], axis=0), atol=1e-6)
     assert sorted(ensemble.labels) == ["emotion", "polarity"]
-    thresholds = read_json(save, "calibration.json")["tasks"]["emotion"]["thresholds"]
-    np.testing.assert_allclose(thresholds, np.mean([m.extra["tasks"]["emotion"]["thresholds"] for m in members], 0),
-                               atol=1e-6)
+    calibration = read_json(save, "calibration.json")["tasks"]
+    thresholds = calibration["emotion"]["thresholds"]
+    member_mean = np.mean([m.extra["tasks"]["emotion"]["thresholds"] for m in members], 0)
+    if repeat[0] == "--cv":
+        np.testing.assert_allclose(thresholds, member_mean, atol=1e-6)
+        return
+    # --seeds: each task's report of the ensemble, its thresholds tuned on the members' mean probabilities
+    scores = read_json(save, "repeats.json")["ensemble"]
+    for task in ("emotion", "polarity"):
+        report = read_json(save, "report", task, "metrics.json")
+        assert report["members"] == 2 and scores[f"valid_{task}_macro_f1"] == pytest.approx(
+            report["macro_f1_at_0.5"] if task == "emotion" else report["macro_f1"])
+    assert "thresholds" not in calibration["polarity"]  # single-label: the argmax of the mean
+    assert len(thresholds) == len(member_mean) and not np.allclose(thresholds, member_mean)
+    assert "ensemble of the 2 members" in out
 
 
 # ---------------------------------------------------------------------------------------------- bad options
