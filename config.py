@@ -146,7 +146,8 @@ class Config:
                   "--seed, member k validates on fold k and trains on the others; summary and best member as "
                   "with --seeds")
     ensemble: bool = opt(False, "with --seeds > 1 or --cv: save_path becomes an ensemble of every member, which "
-                         "predict.py reads: the mean of the members' calibrated probabilities")
+                         "predict.py reads: the mean of the members' calibrated probabilities (with --seeds, also "
+                         "scored on the validation rows, its multi-label thresholds tuned there)")
     # runtime
     save_path: str = opt("saved_model", "folder of the trained model (train writes it, predict reads it)",
                          group="both")

@@ -28,7 +28,10 @@ from compare import paired_interval, verdict  # noqa: E402
 RECIPES = {"baseline": [], "llrd_0.9": ["--llrd", "0.9"], "reinit_1": ["--reinit_layers", "1"],
            "ema_0.99": ["--ema", "0.99"], "focal": ["--loss", "focal"], "asl": ["--loss", "asl"],
            "llrd_0.9+reinit_1": ["--llrd", "0.9", "--reinit_layers", "1"], "reinit_2": ["--reinit_layers", "2"],
-           "pooling_mean": ["--pooling", "mean"]}
+           "pooling_mean": ["--pooling", "mean"],
+           # three members of one epoch each (seeds s, s+1, s+2), about the time of one 3-epoch run; scored by the
+           # ensemble's own validation report (the mean of the members' calibrated probabilities)
+           "ensemble_3x1": ["--seeds", "3", "--ensemble", "True", "--n_epochs", "1"]}
 DEFAULT_RECIPES = ("llrd_0.9", "reinit_1", "ema_0.99", "focal", "asl")
 SCORES = ("macro_f1_cross_fitted", "macro_f1", "macro_f1_at_0.5")
 

@@ -315,3 +315,33 @@ def test_allow_empty_reaches_predict(tmp_path, tiny_bert):
         with open(os.path.join(out_dir, "x.csv"), encoding="utf-8") as f:
             labels[allow] = [row["label"] for row in csv.DictReader(f)]
     assert all(labels["False"]) and not any(labels["True"])
+
+
+
+def test_bench_thresholds_grid_estimators_pick_the_best_of_the_f1_curve_plain_and_smoothed(tmp_path):
+    from conftest import load_bench
+    bench = load_bench("thresholds")
+    # class 0: positives at 0.9 and 0.7, negatives at 0.8 and 0.1: F1 is best (0.8) cutting anywhere in (0.1, 0.7]
+    probs = np.array([[0.9, 0.2], [0.8, 0.6], [0.7, 0.4], [0.1, 0.3]])
+    y = np.array([[1, 0], [0, 1], [1, 0], [0, 1]])
+    assert bench.grid_thresholds(probs, y)[0] == pytest.approx(0.11)  # the first grid point of the best plateau
+    rng = np.random.default_rng(0)
+    probs = rng.random((60, 3))
+    y = (rng.random((60, 3)) < probs).astype(int)
+    for width in (0, 2, 5):  # against the F1 curve written out point by point and averaged by hand
+        for c in range(3):
+            curve = []
+            for t in bench.GRID:
+                chosen = probs[:, c] >= t
+                curve.append(2 * (chosen & (y[:, c] == 1)).sum() / (chosen.sum() + y[:, c].sum()))
+            padded = [curve[0]] * width + curve + [curve[-1]] * width
+            smooth = [np.mean(padded[k:k + 2 * width + 1]) for k in range(len(curve))]
+            assert bench.grid_thresholds(probs, y, width)[c] == pytest.approx(bench.GRID[int(np.argmax(smooth))])
+    scores = bench.held_out_scores(probs, y, halves=3, seed=0)
+    assert set(scores) == set(bench.ESTIMATORS) and all(len(v) == 3 and 0 <= min(v) <= max(v) <= 1
+                                                        for v in scores.values())
+    np.save(tmp_path / "probs.npy", probs[:4, :2])
+    (tmp_path / "dev.csv").write_text('sentences,emotion\na,0\nb,1\nc,"0,1"\nd,1\n', encoding="utf-8")
+    # the command line runs end to end on two files and scores their mean too
+    assert bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "probs.npy"), str(tmp_path / "probs.npy"),
+                       "--halves", "2"]) == 0

@@ -1,0 +1,89 @@
+"""How much multi-label threshold estimators are worth on rows they did not see, from kept validation probabilities.
+
+    python bench/thresholds.py DIR/data/dev.csv DIR/ensemble_3x1/seed_42/members/seed_*/report/validation_probabilities.npy
+
+Reads the labelled validation file (label column `emotion`, comma-separated class ids, as bench/recipes.py writes
+it) and one or more members' report/validation_probabilities.npy (kept by members of --seeds and --cv; with several,
+their mean is scored too, as the ensemble's report does). For --halves random halves of the rows, each estimator
+tunes per-class thresholds on one half and is scored on the other (both ways round, as the report's cross-fitted
+macro-F1 does with one fixed half); it prints the mean ± std of that macro-F1 per estimator:
+    exact       calibrate.tune_thresholds (train.py's): the F1-maximising cut of each class's ranked rows
+    grid        the best of the thresholds 0.01, 0.02, ..., 0.99
+    smooth_2/5  the same after averaging the F1 curve over ±2 / ±5 grid steps (less swayed by a few rows)
+    half        0.5 for every class
+and the tuned score (thresholds tuned and scored on all rows: optimistic).
+"""
+import argparse
+import csv
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import calibrate  # noqa: E402
+
+GRID = np.linspace(0.01, 0.99, 99)
+
+
+def grid_thresholds(probs: np.ndarray, y: np.ndarray, width: int = 0) -> np.ndarray:
+    """Per class, the grid threshold whose F1 (averaged over ±width neighbours) is the highest."""
+    thresholds = np.empty(probs.shape[1])
+    for c in range(probs.shape[1]):
+        chosen = probs[:, c][:, None] >= GRID[None, :]
+        true_positives = (chosen & (y[:, c][:, None] == 1)).sum(0)
+        f1 = 2 * true_positives / np.maximum(chosen.sum(0) + y[:, c].sum(), 1)
+        if width:
+            f1 = np.convolve(np.pad(f1, width, mode="edge"), np.ones(2 * width + 1) / (2 * width + 1), mode="valid")
+        thresholds[c] = GRID[int(np.argmax(f1))]
+    return thresholds
+
+
+ESTIMATORS = {"exact": calibrate.tune_thresholds, "grid": grid_thresholds,
+              "smooth_2": lambda p, y: grid_thresholds(p, y, 2), "smooth_5": lambda p, y: grid_thresholds(p, y, 5),
+              "half": lambda p, y: np.full(p.shape[1], 0.5)}
+
+
+def macro_f1(y: np.ndarray, chosen: np.ndarray) -> float:
+    from sklearn.metrics import f1_score
+    return float(f1_score(y, chosen, average="macro", zero_division=0))
+
+
+def held_out_scores(probs: np.ndarray, y: np.ndarray, halves: int, seed: int) -> dict:
+    """{estimator: [macro-F1 of each random half split, thresholds tuned on the other half]}."""
+    rng = np.random.default_rng(seed)
+    scores = {name: [] for name in ESTIMATORS}
+    for _ in range(halves):
+        half = rng.permutation(len(probs)) < len(probs) // 2
+        for name, estimate in ESTIMATORS.items():
+            chosen = np.zeros_like(y)
+            for part in (half, ~half):
+                chosen[part] = calibrate.decide(probs[part], True, estimate(probs[~part], y[~part]))
+            scores[name].append(macro_f1(y, chosen))
+    return scores
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("valid_csv")
+    p.add_argument("probabilities", nargs="+")
+    p.add_argument("--label_col", default="emotion")
+    p.add_argument("--halves", type=int, default=40)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    with open(args.valid_csv, encoding="utf-8", newline="") as f:
+        labels = [[int(x) for x in row[args.label_col].split(",")] for row in csv.DictReader(f)]
+    sets = {path: np.load(path).astype(float) for path in args.probabilities}
+    if len(sets) > 1:
+        sets["mean of the above (the ensemble)"] = np.mean(list(sets.values()), axis=0)
+    y = calibrate.target_matrix(labels, next(iter(sets.values())).shape[1])
+    for name, probs in sets.items():
+        scores = held_out_scores(probs, y, args.halves, args.seed)
+        tuned = macro_f1(y, calibrate.decide(probs, True, calibrate.tune_thresholds(probs, y)))
+        print(f"{name}\n  " + " | ".join(f"{k} {np.mean(v):.4f} ± {np.std(v):.4f}" for k, v in scores.items())
+              + f" | tuned on all rows {tuned:.4f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
