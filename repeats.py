@@ -26,6 +26,7 @@ from config import Config, InputError
 from dataset import split_keys, stratified_folds, stratify_keys, warn
 from ensemble import write_ensemble
 from metrics import is_better
+from report import PROBABILITIES_FILE
 from resume import MAY_CHANGE
 from tasks import is_multitask, split_option, tasks_from_folder
 
@@ -232,7 +233,12 @@ def write_members_ensemble(cfg: Config, plans: list) -> dict:
     from report import ensemble_calibration, ensemble_parts, ensemble_report
     names, _, valid = plans[0].data
     tasks = tasks_from_folder(cfg, names, {}) if is_multitask(cfg) else None
-    parts = None if cfg.cv else ensemble_parts([p.folder for p in plans], valid.labels, names, cfg.multi_label, tasks)
+    parts, why_not = (None, None) if cfg.cv else ensemble_parts([p.folder for p in plans], valid.labels, names,
+                                                                cfg.multi_label, tasks)
+    if why_not:
+        print(f"the ensemble gets no validation report of its own and the mean of the members' thresholds: {why_not}"
+              f" (delete that member's {MEMBER_FILE} and run again with --resume auto to train it again)", flush=True)
+    remove_path(os.path.join(cfg.save_path, SUMMARY_FILE))  # an earlier run's, never beside this ensemble
     write_ensemble(cfg.save_path, cfg, [(plan.name, plan.folder) for plan in plans],
                    ensemble_calibration(parts) if parts else None)
     for stale in ("metrics.json", "report"):  # a single model's, from an earlier run: not the ensemble's
@@ -250,6 +256,8 @@ def write_members_ensemble(cfg: Config, plans: list) -> dict:
         else:
             scores.update({f"valid_{prefix}macro_f1": metrics["macro_f1"],
                            f"valid_{prefix}accuracy": metrics["accuracy"]})
+    if tasks:  # the run's macro-F1 is the mean of its tasks', as each member's is
+        scores["valid_macro_f1"] = float(np.mean([scores[f"valid_{part.task}_macro_f1"] for part in parts]))
     return scores
 
 
@@ -263,6 +271,8 @@ def put_best_in_place(save_path: str, member: str) -> None:
     copied = set()
     for root, _, files in os.walk(os.path.join(member, "report")):
         for name in files:
+            if name == PROBABILITIES_FILE:  # the member's, for an ensemble: not part of a model's report
+                continue
             relative = os.path.relpath(os.path.join(root, name), os.path.join(member, "report"))
             copy_file(os.path.join(root, name), os.path.join(target, relative))
             copied.add(relative)

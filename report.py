@@ -220,6 +220,8 @@ def calibrated_report(folder: str, logits, labels: list, names: list, multi_labe
              "ece_before": fit["ece_before"], "ece_after": fit["ece_after"]}
     if multi_label:
         extra.update(threshold_scores(probs, labels, names, saved["thresholds"]))
+    if keep_probabilities:  # which rows they are, so that an ensemble never averages other rows' probabilities
+        extra["validation_labels_sha256"] = labels_fingerprint(labels)
     metrics = write_report(folder, probs, labels, names, multi_label, saved.get("thresholds"),
                            raw_probs=calibrate.probabilities(logits, multi_label), extra=extra, history=history,
                            metric=metric, best_epoch=best_epoch, title=f"validation, epoch {best_epoch}")
@@ -249,6 +251,11 @@ def scores_line(metrics: dict, multi_label: bool) -> str:
         if multi_label else "")
 
 
+def labels_fingerprint(labels: list) -> str:
+    import hashlib
+    return hashlib.sha256(json.dumps(labels, default=int).encode("utf-8")).hexdigest()
+
+
 def save_probabilities(folder: str, probs: np.ndarray) -> None:
     import io
 
@@ -271,29 +278,38 @@ class EnsemblePart:
     thresholds: list = None
 
 
-def ensemble_parts(member_folders: list, labels: list, names: list, multi_label: bool, tasks: list = None):
-    """The ensemble's validation, from the probabilities each member kept (members of --seeds validate on the same
-    rows): one EnsemblePart per report (per task with several), or None where a member kept none (trained before
-    members kept them)."""
+def ensemble_parts(member_folders: list, labels: list, names: list, multi_label: bool, tasks: list = None) -> tuple:
+    """(parts, why not): the ensemble's validation from the probabilities each member kept (members of --seeds
+    validate on the same rows), one EnsemblePart per report (per task with several); or (None, the reason) where a
+    member kept none (trained before members kept them), or kept them for other rows (the data changed since)."""
     from tasks import task_labels
     wanted = [(task.name, *task_labels(labels, k)[1:], task.classes, task.multi_label)
               for k, task in enumerate(tasks)] if tasks else [("", labels, names, multi_label)]
     parts = []
     for task, mine, classes, several in wanted:
-        paths = [os.path.join(folder, "report", task, PROBABILITIES_FILE) for folder in member_folders]
         if not mine:  # a task without labelled validation rows: no member reported on it either
             continue
-        if not all(os.path.isfile(path) for path in paths):
-            return None
-        probs = np.mean([np.load(path) for path in paths], axis=0)
-        if probs.shape != (len(mine), len(classes)):
-            return None  # members that validated on other rows
+        kept = []
+        for folder in member_folders:
+            report = os.path.join(folder, "report", task)
+            try:
+                with open(os.path.join(report, "metrics.json"), encoding="utf-8") as f:
+                    rows = json.load(f).get("validation_labels_sha256")
+                probs = np.load(os.path.join(report, PROBABILITIES_FILE)) if rows else None
+            except (OSError, ValueError, EOFError) as e:
+                return None, f"{report}: no validation probabilities kept ({type(e).__name__})"
+            if probs is None:
+                return None, f"{report}: no validation probabilities kept"
+            if rows != labels_fingerprint(mine) or probs.shape != (len(mine), len(classes)):
+                return None, f"{report}: its probabilities are of other validation rows than this run's"
+            kept.append(probs)
+        probs = np.mean(kept, axis=0)
         thresholds = None
         if several:
             y = calibrate.target_matrix(mine, len(classes))
             thresholds = [round(float(t), 6) for t in calibrate.tune_thresholds(probs, y)]
         parts.append(EnsemblePart(task, mine, classes, several, probs, thresholds))
-    return parts
+    return parts, None
 
 
 def ensemble_calibration(parts: list) -> dict:

@@ -134,6 +134,9 @@ def test_the_best_member_by_the_metric_is_the_model_at_save_path(seeds_run):
     for name in ("calibration.json", "metrics.json", "report/metrics.json"):
         with open(os.path.join(save, name), "rb") as f, open(os.path.join(member, name), "rb") as g:
             assert f.read() == g.read(), name
+    # the member's kept probabilities are for an ensemble, not part of the model's report
+    assert os.path.isfile(os.path.join(member, "report", "validation_probabilities.npy"))
+    assert not os.path.exists(os.path.join(save, "report", "validation_probabilities.npy"))
     texts = [t for t, _ in make_rows(9, seed=3)]
     np.testing.assert_array_equal(predict.load_classifier(save).predict(texts).probabilities,
                                   predict.load_classifier(member).predict(texts).probabilities)
@@ -311,8 +314,11 @@ def test_an_ensemble_of_two_tasks_averages_each_tasks_calibrated_probabilities(t
     from test_multitask import HEADER, train_argv, two_task_rows
     data = write_csv(tmp_path / "train.csv", two_task_rows(40), header=HEADER)
     save = str(tmp_path / "model")
-    code, out, err = call(train.main, train_argv(tiny_bert, tmp_path, data, save, *repeat, "--ensemble", "True",
-                                                 "--multi_label", "True,False", "--n_epochs", "1"))
+    valid_rows = two_task_rows(12, seed=6, empty_every=3)  # 4 rows without a polarity
+    valid = [] if repeat[0] == "--cv" else ["--valid_path", write_csv(tmp_path / "valid.csv", valid_rows,
+                                                                      header=HEADER)]
+    code, out, err = call(train.main, train_argv(tiny_bert, tmp_path, data, save, *repeat, *valid, "--ensemble",
+                                                 "True", "--multi_label", "True,False", "--n_epochs", "1"))
     assert code == 0, err
     assert "  task emotion: " in out and "  task polarity: " in out
     texts = [t for t, *_ in two_task_rows(6, seed=4)]
@@ -328,15 +334,40 @@ def test_an_ensemble_of_two_tasks_averages_each_tasks_calibrated_probabilities(t
     if repeat[0] == "--cv":
         np.testing.assert_allclose(thresholds, member_mean, atol=1e-6)
         return
-    # --seeds: each task's report of the ensemble, its thresholds tuned on the members' mean probabilities
+    # --seeds: each task's report of the ensemble on its own labelled rows, thresholds tuned on the members' mean
+    from calibrate import target_matrix, tune_thresholds
     scores = read_json(save, "repeats.json")["ensemble"]
-    for task in ("emotion", "polarity"):
+    for task, rows in (("emotion", 12), ("polarity", 8)):
         report = read_json(save, "report", task, "metrics.json")
-        assert report["members"] == 2 and scores[f"valid_{task}_macro_f1"] == pytest.approx(
+        assert report["members"] == 2 and report["rows"] == rows
+        assert scores[f"valid_{task}_macro_f1"] == pytest.approx(
             report["macro_f1_at_0.5"] if task == "emotion" else report["macro_f1"])
+    assert scores["valid_macro_f1"] == pytest.approx((scores["valid_emotion_macro_f1"]
+                                                      + scores["valid_polarity_macro_f1"]) / 2)
     assert "thresholds" not in calibration["polarity"]  # single-label: the argmax of the mean
-    assert len(thresholds) == len(member_mean) and not np.allclose(thresholds, member_mean)
-    assert "ensemble of the 2 members" in out
+    kept = np.mean([np.load(os.path.join(save, "members", name, "report", "emotion", "validation_probabilities.npy"))
+                    for name in names], axis=0)
+    y = target_matrix([[NAMES.index(row[1])] for row in valid_rows], len(NAMES))
+    np.testing.assert_allclose(thresholds, tune_thresholds(kept, y), atol=1e-6)
+    line = next(line for line in out.splitlines() if line.startswith("ensemble of the 2 members"))
+    assert f"valid macro-F1 {scores['valid_macro_f1']:.4f}" in line, line
+
+
+def test_an_ensemble_whose_members_kept_no_or_other_probabilities_falls_back_and_says_why(data, tmp_path):
+    import report
+    save = tmp_path / "ensemble"
+    args = ["--seeds", "2", "--ensemble", "True", "--multi_label", "True"]
+    run_train(data, save, *args)
+    folders = [str(save / "members" / f"seed_{s}") for s in (42, 43)]
+    labels = read_json(folders[0], "report", "metrics.json")["rows"] * [[0]]
+    parts, why = report.ensemble_parts(folders, labels, NAMES, True)  # as many rows, other labels
+    assert parts is None and "other validation rows" in why
+    os.remove(save / "members" / "seed_43" / "report" / "validation_probabilities.npy")
+    out = run_train(data, save, *args, "--resume", "auto")  # the members are complete: not trained again
+    assert "seed_43" in out and "no validation probabilities kept" in out and "not trained again" in out
+    member_mean = np.mean([read_json(folder, "calibration.json")["thresholds"] for folder in folders], axis=0)
+    np.testing.assert_allclose(read_json(save, "calibration.json")["thresholds"], member_mean, atol=1e-6)
+    assert not os.path.exists(save / "report") and "ensemble" not in read_json(save, "repeats.json")
 
 
 # ---------------------------------------------------------------------------------------------- bad options
