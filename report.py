@@ -230,7 +230,7 @@ def calibrated_report(folder: str, logits, labels: list, names: list, multi_labe
     print_fn(f"\nvalidation report (best epoch {best_epoch}, temperature {saved['temperature']:.3f}"
              f"{', per-class thresholds tuned for F1' if multi_label else ''}):\n{metrics['text']}")
     print_fn(f"calibration: ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}, NLL {fit['nll_before']:.4f} -> "
-             f"{fit['nll_after']:.4f} | " + scores_line(metrics, multi_label) + f"\nreport: {folder}")
+             f"{fit['nll_after']:.4f} | " + score_summary(metrics, multi_label) + f"\nreport: {folder}")
     return saved, metrics
 
 
@@ -245,7 +245,8 @@ def threshold_scores(probs: np.ndarray, labels: list, names: list, thresholds: l
                                                     average="macro", zero_division=0))}
 
 
-def scores_line(metrics: dict, multi_label: bool) -> str:
+def score_summary(metrics: dict, multi_label: bool) -> str:
+    """'accuracy ... macro-F1 ... (at 0.5: ..., cross-fitted: ...)' of a report's metrics."""
     return f"accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}" + (
         f" (at 0.5: {metrics['macro_f1_at_0.5']:.4f}, cross-fitted: {metrics['macro_f1_cross_fitted']:.4f})"
         if multi_label else "")
@@ -333,5 +334,5 @@ def ensemble_report(save_path: str, parts: list, members: int, print_fn=print) -
         results[part.task] = write_report(folder, part.probs, part.labels, part.names, part.multi_label,
                                           part.thresholds, extra=extra, title=f"validation, ensemble of {members}")
         print_fn(f"ensemble of {members}{f', task {part.task}' if part.task else ''}: "
-                 + scores_line(results[part.task], part.multi_label) + f" | report: {folder}")
+                 + score_summary(results[part.task], part.multi_label) + f" | report: {folder}")
     return results
