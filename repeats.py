@@ -26,7 +26,6 @@ from config import Config, InputError
 from dataset import split_keys, stratified_folds, stratify_keys, warn
 from ensemble import write_ensemble
 from metrics import is_better
-from report import PROBABILITIES_FILE
 from resume import MAY_CHANGE
 from tasks import is_multitask, split_option, tasks_from_folder
 
@@ -189,12 +188,16 @@ def member_record(plan: Plan) -> dict:
             continue
         with open(path, encoding="utf-8") as f:
             report = json.load(f)
-        prefix = f"{task}_" if task else ""
-        if "macro_f1_cross_fitted" in report:
-            record.update({f"{prefix}macro_f1_cross_fitted": report["macro_f1_cross_fitted"],
-                           f"{prefix}macro_f1_at_0.5": report["macro_f1_at_0.5"],
-                           f"{prefix}macro_f1_tuned": report["macro_f1"]})
+        record.update(threshold_record(report, f"{task}_" if task else ""))
     return record
+
+
+def threshold_record(report: dict, prefix: str = "") -> dict:
+    """A multi-label report's macro-F1 cross-fitted, at 0.5 and with tuned thresholds, as records name them."""
+    if "macro_f1_cross_fitted" not in report:
+        return {}
+    return {f"{prefix}macro_f1_cross_fitted": report["macro_f1_cross_fitted"],
+            f"{prefix}macro_f1_at_0.5": report["macro_f1_at_0.5"], f"{prefix}macro_f1_tuned": report["macro_f1"]}
 
 
 def spread(records: list) -> tuple:
@@ -248,11 +251,8 @@ def write_members_ensemble(cfg: Config, plans: list) -> dict:
     scores = {}
     for task, metrics in ensemble_report(cfg.save_path, parts, len(plans)).items():
         prefix = f"{task}_" if task else ""
-        if "macro_f1_cross_fitted" in metrics:  # multi-label: named as in member_record
-            scores.update({f"valid_{prefix}macro_f1": metrics["macro_f1_at_0.5"],
-                           f"{prefix}macro_f1_cross_fitted": metrics["macro_f1_cross_fitted"],
-                           f"{prefix}macro_f1_at_0.5": metrics["macro_f1_at_0.5"],
-                           f"{prefix}macro_f1_tuned": metrics["macro_f1"]})
+        if "macro_f1_cross_fitted" in metrics:  # multi-label: valid_ at 0.5, as a member's epochs score it
+            scores.update({f"valid_{prefix}macro_f1": metrics["macro_f1_at_0.5"], **threshold_record(metrics, prefix)})
         else:
             scores.update({f"valid_{prefix}macro_f1": metrics["macro_f1"],
                            f"valid_{prefix}accuracy": metrics["accuracy"]})
@@ -264,6 +264,7 @@ def write_members_ensemble(cfg: Config, plans: list) -> dict:
 def put_best_in_place(save_path: str, member: str) -> None:
     """Copy the member's model files into save_path in one commit (a former ensemble or model is replaced), then
     its metrics.json and report/, each file written atomically."""
+    from report import PROBABILITIES_FILE  # report (and its plotting) loads only when a run ends
     manifest = verify_folder(member)
     commit_copy(save_path, {name: os.path.join(member, name) for name in manifest["files"]})
     copy_file(os.path.join(member, "metrics.json"), os.path.join(save_path, "metrics.json"))

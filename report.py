@@ -220,13 +220,12 @@ def calibrated_report(folder: str, logits, labels: list, names: list, multi_labe
              "ece_before": fit["ece_before"], "ece_after": fit["ece_after"]}
     if multi_label:
         extra.update(threshold_scores(probs, labels, names, saved["thresholds"]))
-    if keep_probabilities:  # which rows they are, so that an ensemble never averages other rows' probabilities
+    if keep_probabilities:  # with which rows they are, so that an ensemble never averages other rows'
+        save_probabilities(folder, probs)
         extra["validation_labels_sha256"] = labels_fingerprint(labels)
     metrics = write_report(folder, probs, labels, names, multi_label, saved.get("thresholds"),
                            raw_probs=calibrate.probabilities(logits, multi_label), extra=extra, history=history,
                            metric=metric, best_epoch=best_epoch, title=f"validation, epoch {best_epoch}")
-    if keep_probabilities:
-        save_probabilities(folder, probs)
     print_fn(f"\nvalidation report (best epoch {best_epoch}, temperature {saved['temperature']:.3f}"
              f"{', per-class thresholds tuned for F1' if multi_label else ''}):\n{metrics['text']}")
     print_fn(f"calibration: ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}, NLL {fit['nll_before']:.4f} -> "
@@ -261,6 +260,7 @@ def save_probabilities(folder: str, probs: np.ndarray) -> None:
     import io
 
     from checkpoint import write_atomic
+    os.makedirs(folder, exist_ok=True)
     buffer = io.BytesIO()
     np.save(buffer, probs.astype(np.float32))
     write_atomic(os.path.join(folder, PROBABILITIES_FILE), buffer.getvalue())
@@ -295,12 +295,10 @@ def ensemble_parts(member_folders: list, labels: list, names: list, multi_label:
             report = os.path.join(folder, "report", task)
             try:
                 with open(os.path.join(report, "metrics.json"), encoding="utf-8") as f:
-                    rows = json.load(f).get("validation_labels_sha256")
-                probs = np.load(os.path.join(report, PROBABILITIES_FILE)) if rows else None
-            except (OSError, ValueError, EOFError) as e:
+                    rows = json.load(f)["validation_labels_sha256"]
+                probs = np.load(os.path.join(report, PROBABILITIES_FILE))
+            except (OSError, ValueError, EOFError, KeyError) as e:
                 return None, f"{report}: no validation probabilities kept ({type(e).__name__})"
-            if probs is None:
-                return None, f"{report}: no validation probabilities kept"
             if rows != labels_fingerprint(mine) or probs.shape != (len(mine), len(classes)):
                 return None, f"{report}: its probabilities are of other validation rows than this run's"
             kept.append(probs)
