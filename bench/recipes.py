@@ -31,7 +31,11 @@ RECIPES = {"baseline": [], "llrd_0.9": ["--llrd", "0.9"], "reinit_1": ["--reinit
            "pooling_mean": ["--pooling", "mean"],
            # three members of one epoch each (seeds s, s+1, s+2), about the time of one 3-epoch run; scored by the
            # ensemble's own validation report (the mean of the members' calibrated probabilities)
-           "ensemble_3x1": ["--seeds", "3", "--ensemble", "True", "--n_epochs", "1"]}
+           "ensemble_3x1": ["--seeds", "3", "--ensemble", "True", "--n_epochs", "1"],
+           # one encoder with a head per taxonomy, trained on the labels of all three (the other two as more tasks
+           # on the same rows: GoEmotions labels every comment in every taxonomy); scored on this taxonomy's head
+           "all_taxonomies": ["--train_path", "{train_all}", "--valid_path", "{dev_all}", "--label_col",
+                              "emotion,{others}", "-d", "{classes},{others_classes}"]}
 DEFAULT_RECIPES = ("llrd_0.9", "reinit_1", "ema_0.99", "focal", "asl")
 SCORES = ("macro_f1_cross_fitted", "macro_f1", "macro_f1_at_0.5")
 
@@ -60,21 +64,38 @@ def run_one(args, paths: dict, recipe: str, seed: int) -> dict:
     command = [sys.executable, os.path.join(ROOT, "train.py"), "-d", paths["classes"], "--train_path",
                paths["train"], "--valid_path", paths["dev"], "--multi_label", "True", "--n_epochs",
                str(args.n_epochs), "--seed", str(seed), "--save_path", save, "--tensorboard", "False",
-               *RECIPES[recipe], *args.extra]
+               *recipe_flags(recipe, paths), *args.extra]
     started = time.perf_counter()
     os.makedirs(save, exist_ok=True)
     with open(os.path.join(save, "train.log"), "w") as log:
         code = subprocess.call(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if code != 0:
         raise SystemExit(f"{recipe} seed {seed}: train.py exited {code}; see {save}/train.log")
-    with open(os.path.join(save, "report", "metrics.json")) as f:
-        report = json.load(f)
-    result = {**{k: report[k] for k in SCORES}, "wall_s": time.perf_counter() - started}
+    result = {**report_scores(save, "emotion"), "wall_s": time.perf_counter() - started}
+    if recipe == "all_taxonomies":  # the other taxonomies' heads, scored on their own dev labels
+        result["tasks"] = {t: report_scores(save, t) for t in paths["others"]}
     with open(result_file, "w") as f:
         json.dump(result, f)
     print(f"  {recipe} seed {seed}: cross-fitted macro-F1 {result['macro_f1_cross_fitted']:.4f} in "
           f"{result['wall_s']:.0f}s (load {load_average()})", file=sys.stderr, flush=True)
     return result
+
+
+def recipe_flags(recipe: str, paths: dict) -> list:
+    """The recipe's train.py flags, with {placeholders} filled from convert_taxonomy's paths."""
+    fill = {**paths, "others": ",".join(paths["others"]),
+            "others_classes": ",".join(paths[f"classes_{t}"] for t in paths["others"])}
+    return [flag.format(**fill) for flag in RECIPES[recipe]]
+
+
+def report_scores(save: str, task: str) -> dict:
+    """SCORES from save/report/metrics.json, or from report/<task>/ of a run with several tasks."""
+    path = os.path.join(save, "report", "metrics.json")
+    if not os.path.exists(path):
+        path = os.path.join(save, "report", task, "metrics.json")
+    with open(path) as f:
+        report = json.load(f)
+    return {k: report[k] for k in SCORES}
 
 
 def summary_rows(results: dict, seeds: list) -> list:

@@ -294,3 +294,52 @@ def test_recipes_bench_summary_pairs_each_recipe_with_the_baseline_seed_by_seed(
     assert focal[4].startswith("recipe beats baseline") and focal[5] == "10"
     one = recipes.summary_rows({k: {1: v[1]} for k, v in results.items()}, [1])
     assert one[1][3:5] == ["+0.0200", "one seed: no interval"]
+
+
+def test_all_taxonomies_recipe_trains_one_head_per_taxonomy_on_the_same_rows(tmp_path, monkeypatch, tiny_bert):
+    """convert_taxonomy's *_all files carry the other taxonomies' labels of the very same rows (a sample too), and
+    the all_taxonomies recipe's flags make train.py read them as tasks, scored on the first one (`emotion`)."""
+    import csv
+    import json
+    import train
+    from conftest import load_bench
+    accuracy, recipes = load_bench("accuracy"), load_bench("recipes")
+    names = {"original": ["joy", "anger", "grief"], "ekman": ["joy", "anger", "sadness"], "group": ["pos", "neg"]}
+    ids = {"original": ["0", "1", "2", "0,1"], "ekman": ["0", "1", "2", "0,1"], "group": ["0", "1", "1", "0,1"]}
+    texts = ["so happy", "so angry", "so sad", "happy and angry"]
+    for taxonomy in accuracy.TAXONOMIES:  # a miniature ../shared/data/goemotions
+        folder = tmp_path / "goemotions" / taxonomy
+        folder.mkdir(parents=True)
+        (folder / "labels.txt").write_text("\n".join(names[taxonomy]) + "\n", encoding="utf-8")
+        for split, repeat in (("train", 6), ("dev", 2)):
+            rows = [f"{t} {k}\t{i}\tid{k}" for k in range(repeat) for t, i in zip(texts, ids[taxonomy])]
+            (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    monkeypatch.setattr(accuracy, "GOEMOTIONS", str(tmp_path / "goemotions"))
+    paths = accuracy.convert_taxonomy("group", str(tmp_path / "data"), train_rows=10)
+    assert paths["others"] == ["original", "ekman"]
+    with open(paths["train"], newline="") as f:
+        plain = list(csv.DictReader(f))
+    with open(paths["train_all"], newline="") as f:
+        every = list(csv.DictReader(f))
+    assert len(plain) == len(every) == 10
+    assert [(r["sentences"], r["emotion"]) for r in every] == [(r["sentences"], r["emotion"]) for r in plain]
+    by_text = {f"{t} {k}": i for k in range(6) for t, i in zip(texts, range(4))}
+    for row in every:  # each row's other labels are its own in the other taxonomies
+        i = by_text[row["sentences"]]
+        assert (row["original"], row["ekman"], row["emotion"]) == (ids["original"][i], ids["ekman"][i],
+                                                                    ids["group"][i])
+    with open(paths["classes"]) as f:
+        assert json.load(f) == {"pos": 0, "neg": 1}
+    save = str(tmp_path / "model")
+    flags = recipes.recipe_flags("all_taxonomies", paths)
+    code = train.main(["-d", paths["classes"], "--train_path", paths["train"], "--valid_path", paths["dev"],
+                       "--multi_label", "True", "--n_epochs", "1", "--batch_size", "4", "--max_length", "16", "--save_path", save,
+                       "--bert_name", tiny_bert, "--tensorboard", "False", *flags])
+    assert code == 0
+    with open(os.path.join(save, "train_config.json")) as f:
+        assert json.load(f)["label_col"] in ("emotion,original,ekman", ["emotion", "original", "ekman"])
+    scores = recipes.report_scores(save, "emotion")
+    with open(os.path.join(save, "report", "emotion", "metrics.json")) as f:
+        written = json.load(f)
+    assert scores == {k: written[k] for k in recipes.SCORES}
+    assert all(os.path.exists(os.path.join(save, "report", t, "metrics.json")) for t in ("original", "ekman"))
