@@ -1,20 +1,25 @@
 """How much multi-label threshold estimators are worth on rows they did not see, from kept validation probabilities.
 
     python bench/thresholds.py DIR/data/dev.csv DIR/ensemble_3x1/seed_42/members/seed_*/report/validation_probabilities.npy
+    python bench/thresholds.py DIR/data/dev.csv PREDS/dev.csv --classes DIR/data/classes.json   # predict.py's output
 
 Reads the labelled validation file (label column `emotion`, comma-separated class ids, as bench/recipes.py writes
 it) and one or more members' report/validation_probabilities.npy (kept by members of --seeds and --cv; with several,
-their mean is scored too, as the ensemble's report does). For --halves random halves of the rows, each estimator
+their mean is scored too, as the ensemble's report does), or predictions files that predict.py wrote for that
+validation file (`-f` a folder holding it; a probability column per class of --classes, in its id order). For --halves random halves of the rows, each estimator
 tunes per-class thresholds on one half and is scored on the other (both ways round, as the report's cross-fitted
 macro-F1 does with one fixed half); it prints the mean ± std of that macro-F1 per estimator:
     exact       calibrate.tune_thresholds (train.py's): the F1-maximising cut of each class's ranked rows
     grid        the best of the thresholds 0.01, 0.02, ..., 0.99
-    smooth_2/5  the same after averaging the F1 curve over ±2 / ±5 grid steps (less swayed by a few rows)
+    smooth_2/5/10  the same after averaging the F1 curve over ±2 / ±5 / ±10 grid steps (less swayed by a few rows)
+    f1_half     half the best F1 of the exact cut: for calibrated probabilities the F1-optimal threshold is half the
+                best F1 reachable (Lipton, Elkan & Naryanaswamy 2014); steadier, as a best F1 varies less than its cut
     half        0.5 for every class
 and the tuned score (thresholds tuned and scored on all rows: optimistic).
 """
 import argparse
 import csv
+import json
 import os
 import sys
 
@@ -39,8 +44,18 @@ def grid_thresholds(probs: np.ndarray, y: np.ndarray, width: int = 0) -> np.ndar
     return thresholds
 
 
+def half_best_f1(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per class, half the F1 that the exact cut (calibrate.tune_thresholds) reaches; 0.5 for a class without
+    positive rows, as tune_thresholds keeps the default there."""
+    cuts = calibrate.tune_thresholds(probs, y)
+    chosen = probs >= cuts
+    best_f1 = 2 * (chosen & (y == 1)).sum(0) / np.maximum(chosen.sum(0) + y.sum(0), 1)
+    return np.where(y.sum(0) > 0, best_f1 / 2, calibrate.DEFAULT_THRESHOLD)
+
+
 ESTIMATORS = {"exact": calibrate.tune_thresholds, "grid": grid_thresholds,
               "smooth_2": lambda p, y: grid_thresholds(p, y, 2), "smooth_5": lambda p, y: grid_thresholds(p, y, 5),
+              "smooth_10": lambda p, y: grid_thresholds(p, y, 10), "f1_half": half_best_f1,
               "half": lambda p, y: np.full(p.shape[1], 0.5)}
 
 
@@ -63,17 +78,30 @@ def held_out_scores(probs: np.ndarray, y: np.ndarray, halves: int, seed: int) ->
     return scores
 
 
+def load_probabilities(path: str, classes_json: str) -> np.ndarray:
+    """(rows, classes) probabilities from a kept .npy, or from predict.py's predictions CSV (a column per class)."""
+    if not path.endswith(".csv"):
+        return np.load(path).astype(float)
+    if not classes_json:
+        raise SystemExit(f"{path}: a predictions CSV needs --classes (the label map, for its columns' order)")
+    with open(classes_json, encoding="utf-8") as f:
+        names = sorted(json.load(f).items(), key=lambda item: item[1])
+    with open(path, encoding="utf-8", newline="") as f:
+        return np.array([[float(row[name]) for name, _ in names] for row in csv.DictReader(f)])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("valid_csv")
     p.add_argument("probabilities", nargs="+")
     p.add_argument("--label_col", default="emotion")
+    p.add_argument("--classes", default="", help="label map (classes.json) of predictions CSVs")
     p.add_argument("--halves", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     with open(args.valid_csv, encoding="utf-8", newline="") as f:
         labels = [[int(x) for x in row[args.label_col].split(",")] for row in csv.DictReader(f)]
-    sets = {path: np.load(path).astype(float) for path in args.probabilities}
+    sets = {path: load_probabilities(path, args.classes) for path in args.probabilities}
     if len(sets) > 1:
         sets["mean of the above (the ensemble)"] = np.mean(list(sets.values()), axis=0)
     y = calibrate.target_matrix(labels, next(iter(sets.values())).shape[1])

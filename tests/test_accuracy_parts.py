@@ -337,6 +337,9 @@ def test_bench_thresholds_grid_estimators_pick_the_best_of_the_f1_curve_plain_an
             padded = [curve[0]] * width + curve + [curve[-1]] * width
             smooth = [np.mean(padded[k:k + 2 * width + 1]) for k in range(len(curve))]
             assert bench.grid_thresholds(probs, y, width)[c] == pytest.approx(bench.GRID[int(np.argmax(smooth))])
+    # f1_half: class 0 of the hand-made case above reaches F1 0.8 at its best cut, so its threshold is 0.4
+    hand = np.array([[0.9, 0.2], [0.8, 0.6], [0.7, 0.4], [0.1, 0.3]]), np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    assert bench.half_best_f1(*hand).tolist() == [pytest.approx(0.4), calibrate.DEFAULT_THRESHOLD]
     scores = bench.held_out_scores(probs, y, halves=3, seed=0)
     assert set(scores) == set(bench.ESTIMATORS) and all(len(v) == 3 and 0 <= min(v) <= max(v) <= 1
                                                         for v in scores.values())
@@ -345,3 +348,11 @@ def test_bench_thresholds_grid_estimators_pick_the_best_of_the_f1_curve_plain_an
     # the command line runs end to end on two files and scores their mean too
     assert bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "probs.npy"), str(tmp_path / "probs.npy"),
                        "--halves", "2"]) == 0
+    # predict.py's predictions CSV: a probability column per class name, read in the label map's id order
+    (tmp_path / "classes.json").write_text('{"b": 1, "a": 0}', encoding="utf-8")
+    columns = "sentences,a,b,label\n" + "".join(f"{t},{p0},{p1},a\n" for t, (p0, p1) in zip("abcd", probs[:4, :2]))
+    (tmp_path / "preds.csv").write_text(columns, encoding="utf-8")
+    assert np.array_equal(bench.load_probabilities(str(tmp_path / "preds.csv"), str(tmp_path / "classes.json")),
+                          probs[:4, :2])
+    assert bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "preds.csv"), "--classes",
+                       str(tmp_path / "classes.json"), "--halves", "2"]) == 0
