@@ -22,7 +22,6 @@ import json
 import os
 import random
 import shlex
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,24 +51,25 @@ def read_names(folder: str) -> list:
 TAXONOMIES = ("original", "ekman", "group")
 
 
-def read_split(tsv_path: str) -> list:
-    """(text, comma-separated label ids) of each row of a GoEmotions TSV."""
+def read_tsv_rows(tsv_path: str) -> list:
+    """(text, comma-separated label ids) of each row of a GoEmotions TSV, in file order."""
     with open(tsv_path, encoding="utf-8", newline="") as f:
         return [(r[0], r[1]) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 2]
 
 
-def convert_split(tsv_path: str, csv_path: str, keep: int = 0, seed: int = 0, others: dict = None) -> int:
+def convert_split(tsv_path: str, csv_path: str, keep: int = 0, seed: int = 0, other_label_tsvs: dict = None) -> int:
     """GoEmotions TSV -> the tool's CSV (sentences, emotion = ids joined by commas); `keep` > 0 samples rows.
-    `others` ({column: TSV of the same split in another taxonomy}) adds each row's labels there as that column."""
-    rows = read_split(tsv_path)
+    `other_label_tsvs` ({column: the same split's TSV in another taxonomy}, whose rows are the same comments in the
+    same order) adds each row's labels there as that column."""
+    rows = read_tsv_rows(tsv_path)
     header = ["sentences", "emotion"]
-    for column, other_path in (others or {}).items():
-        other = read_split(other_path)
-        if [r[0] for r in other] != [r[0] for r in rows]:
+    for column, other_path in (other_label_tsvs or {}).items():
+        other = read_tsv_rows(other_path)
+        if [other_row[0] for other_row in other] != [row[0] for row in rows]:
             raise SystemExit(f"{other_path}: its rows are not those of {tsv_path}")
         rows = [(*row, labels) for row, (_, labels) in zip(rows, other)]
         header.append(column)
-    if 0 < keep < len(rows):  # sample() draws by position only: the same rows with or without `others`
+    if 0 < keep < len(rows):  # sample() draws by position only: the same rows with or without other labels
         rows = random.Random(seed).sample(rows, keep)
     with open(csv_path, "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
@@ -78,24 +78,32 @@ def convert_split(tsv_path: str, csv_path: str, keep: int = 0, seed: int = 0, ot
     return len(rows)
 
 
-def convert_taxonomy(taxonomy: str, out_dir: str, train_rows: int = 0) -> dict:
-    """Write train.csv, dev.csv and classes.json of one taxonomy into out_dir; return their paths. Also
-    train_all.csv and dev_all.csv, the same rows with a column of labels of each other taxonomy (named after it,
-    paths["others"]) and classes_<taxonomy>.json of all three, for runs that train on every taxonomy at once."""
+def write_label_map(taxonomy: str, path: str) -> str:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({name: i for i, name in enumerate(read_names(os.path.join(GOEMOTIONS, taxonomy)))}, f, indent=2)
+    return path
+
+
+def convert_taxonomy(taxonomy: str, out_dir: str, train_rows: int = 0, with_other_taxonomies: bool = False) -> dict:
+    """Write train.csv, dev.csv and classes.json of one taxonomy into out_dir; return their paths. With
+    `with_other_taxonomies` also train_all.csv and dev_all.csv, the same rows with a column of each other taxonomy's
+    labels (named after it; their names in paths["other_taxonomies"]) and their label maps classes_<taxonomy>.json,
+    for runs that train on every taxonomy at once."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"train": os.path.join(out_dir, "train.csv"), "dev": os.path.join(out_dir, "dev.csv"),
-             "classes": os.path.join(out_dir, "classes.json"), "train_all": os.path.join(out_dir, "train_all.csv"),
-             "dev_all": os.path.join(out_dir, "dev_all.csv"), "others": [t for t in TAXONOMIES if t != taxonomy]}
+             "classes": write_label_map(taxonomy, os.path.join(out_dir, "classes.json"))}
     for split in ("train", "dev"):
-        tsv, keep = os.path.join(GOEMOTIONS, taxonomy, f"{split}.tsv"), train_rows if split == "train" else 0
-        convert_split(tsv, paths[split], keep)
-        convert_split(tsv, paths[f"{split}_all"], keep,
-                      others={t: os.path.join(GOEMOTIONS, t, f"{split}.tsv") for t in paths["others"]})
-    for name in TAXONOMIES:
-        paths[f"classes_{name}"] = os.path.join(out_dir, f"classes_{name}.json")
-        with open(paths[f"classes_{name}"], "w", encoding="utf-8") as f:
-            json.dump({label: i for i, label in enumerate(read_names(os.path.join(GOEMOTIONS, name)))}, f, indent=2)
-    shutil.copyfile(paths[f"classes_{taxonomy}"], paths["classes"])
+        convert_split(os.path.join(GOEMOTIONS, taxonomy, f"{split}.tsv"), paths[split],
+                      train_rows if split == "train" else 0)
+    if with_other_taxonomies:
+        others = paths["other_taxonomies"] = [t for t in TAXONOMIES if t != taxonomy]
+        for split in ("train", "dev"):
+            paths[f"{split}_all"] = os.path.join(out_dir, f"{split}_all.csv")
+            convert_split(os.path.join(GOEMOTIONS, taxonomy, f"{split}.tsv"), paths[f"{split}_all"],
+                          train_rows if split == "train" else 0,
+                          other_label_tsvs={t: os.path.join(GOEMOTIONS, t, f"{split}.tsv") for t in others})
+        for other in others:
+            paths[f"classes_{other}"] = write_label_map(other, os.path.join(out_dir, f"classes_{other}.json"))
     return paths
 
 

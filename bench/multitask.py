@@ -19,6 +19,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from accuracy import read_names  # noqa: E402
 from common import ROOT, load_average, print_table, run_child, save_result, set_threads, train_best_epoch
 
 DEFAULT_VARIANTS = ("emotion", "sentiment", "both")
@@ -45,16 +46,11 @@ def read_split(folder: str, split: str) -> dict:
         return {r[2]: (r[0], r[1]) for r in csv.reader(f, delimiter="\t")}
 
 
-def labels_of(folder: str) -> list:
-    with open(os.path.join(folder, "labels.txt"), encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
-
-
 def build_rows(goemotions: str, split: str, dst: str, limit: int = 0) -> int:
     """(sentences, emotion, sentiment) rows of comments with exactly one Ekman label and one sentiment group."""
     ekman, group = read_split(os.path.join(goemotions, "ekman"), split), read_split(
         os.path.join(goemotions, "group"), split)
-    emotions, sentiments = labels_of(os.path.join(goemotions, "ekman")), labels_of(os.path.join(goemotions, "group"))
+    emotions, sentiments = read_names(os.path.join(goemotions, "ekman")), read_names(os.path.join(goemotions, "group"))
     rows = [(text, emotions[int(e)], sentiments[int(group[cid][1])]) for cid, (text, e) in ekman.items()
             if "," not in e and cid in group and "," not in group[cid][1]]
     rows = rows[:limit] if limit else rows
@@ -89,7 +85,7 @@ def main(argv=None) -> int:
     os.makedirs(args.workdir, exist_ok=True)
     for task, folder in (("emotion", "ekman"), ("sentiment", "group")):
         with open(os.path.join(args.workdir, f"labels_{task}.json"), "w", encoding="utf-8") as f:
-            json.dump({n: i for i, n in enumerate(labels_of(os.path.join(args.goemotions, folder)))}, f)
+            json.dump({n: i for i, n in enumerate(read_names(os.path.join(args.goemotions, folder)))}, f)
     n_train = build_rows(args.goemotions, "train", os.path.join(args.workdir, "train.csv"), args.train_rows)
     n_dev = build_rows(args.goemotions, "dev", os.path.join(args.workdir, "dev.csv"))
     print(f"{n_train} training rows, {n_dev} dev rows in {args.workdir}; load average {load_average()}")

@@ -10,11 +10,14 @@ same rows and seeds differ only by initialisation, dropout and batch order). Eac
 --seed .. --seed + --seeds - 1; its score on a seed is paired with the baseline's on the same seed. The table gives
 the cross-fitted macro-F1 (thresholds tuned on one half of dev, scored on the other: not optimistic), the tuned one,
 and each recipe's paired difference from the baseline with a 95% t interval. Finished runs are kept in --work_dir
-and not run again, so an interrupted sweep continues where it stopped.
+and not run again, so an interrupted sweep continues where it stopped. all_taxonomies trains a head per taxonomy
+on the same rows (the other two taxonomies' labels as more tasks) and is scored on this taxonomy's head; its
+recipe_result.json also holds the other heads' scores ("tasks").
 """
 import argparse
 import json
 import os
+import string
 import subprocess
 import sys
 import tempfile
@@ -34,8 +37,11 @@ RECIPES = {"baseline": [], "llrd_0.9": ["--llrd", "0.9"], "reinit_1": ["--reinit
            "ensemble_3x1": ["--seeds", "3", "--ensemble", "True", "--n_epochs", "1"],
            # one encoder with a head per taxonomy, trained on the labels of all three (the other two as more tasks
            # on the same rows: GoEmotions labels every comment in every taxonomy); scored on this taxonomy's head
-           "all_taxonomies": ["--train_path", "{train_all}", "--valid_path", "{dev_all}", "--label_col",
-                              "emotion,{others}", "-d", "{classes},{others_classes}"]}
+           "all_taxonomies": ["--train_path", "$train_all", "--valid_path", "$dev_all", "--label_col",
+                              "emotion,$other_taxonomies", "-d", "$classes,$other_label_maps"]}
+# recipes of several tasks: train.py reports each in report/<task>/, this taxonomy's as the task `emotion`, and the
+# data needs the other taxonomies' labels (convert_taxonomy's with_other_taxonomies)
+MULTITASK_RECIPES = ("all_taxonomies",)
 DEFAULT_RECIPES = ("llrd_0.9", "reinit_1", "ema_0.99", "focal", "asl")
 SCORES = ("macro_f1_cross_fitted", "macro_f1", "macro_f1_at_0.5")
 
@@ -61,19 +67,17 @@ def run_one(args, paths: dict, recipe: str, seed: int) -> dict:
     if os.path.exists(result_file):
         with open(result_file) as f:
             return json.load(f)
-    command = [sys.executable, os.path.join(ROOT, "train.py"), "-d", paths["classes"], "--train_path",
-               paths["train"], "--valid_path", paths["dev"], "--multi_label", "True", "--n_epochs",
-               str(args.n_epochs), "--seed", str(seed), "--save_path", save, "--tensorboard", "False",
-               *recipe_flags(recipe, paths), *args.extra]
+    command = train_command(args, paths, recipe, seed, save)
     started = time.perf_counter()
     os.makedirs(save, exist_ok=True)
     with open(os.path.join(save, "train.log"), "w") as log:
         code = subprocess.call(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if code != 0:
         raise SystemExit(f"{recipe} seed {seed}: train.py exited {code}; see {save}/train.log")
-    result = {**report_scores(save, "emotion"), "wall_s": time.perf_counter() - started}
-    if recipe == "all_taxonomies":  # the other taxonomies' heads, scored on their own dev labels
-        result["tasks"] = {t: report_scores(save, t) for t in paths["others"]}
+    several = recipe in MULTITASK_RECIPES
+    result = {**report_scores(save, "emotion" if several else None), "wall_s": time.perf_counter() - started}
+    if several:  # the other taxonomies' heads, each scored on its own dev labels
+        result["tasks"] = {t: report_scores(save, t) for t in paths["other_taxonomies"]}
     with open(result_file, "w") as f:
         json.dump(result, f)
     print(f"  {recipe} seed {seed}: cross-fitted macro-F1 {result['macro_f1_cross_fitted']:.4f} in "
@@ -81,19 +85,29 @@ def run_one(args, paths: dict, recipe: str, seed: int) -> dict:
     return result
 
 
-def recipe_flags(recipe: str, paths: dict) -> list:
-    """The recipe's train.py flags, with {placeholders} filled from convert_taxonomy's paths."""
-    fill = {**paths, "others": ",".join(paths["others"]),
-            "others_classes": ",".join(paths[f"classes_{t}"] for t in paths["others"])}
-    return [flag.format(**fill) for flag in RECIPES[recipe]]
+def train_command(args, paths: dict, recipe: str, seed: int, save: str) -> list:
+    """train.py with the sweep's options, those the recipe sets replaced by its values (each flag given once, so
+    train.log's command is the run's), then the recipe's other flags and the extra ones after --."""
+    options = {"-d": paths["classes"], "--train_path": paths["train"], "--valid_path": paths["dev"],
+               "--multi_label": "True", "--n_epochs": str(args.n_epochs), "--seed": str(seed), "--save_path": save,
+               "--tensorboard": "False", **recipe_options(recipe, paths)}
+    return [sys.executable, os.path.join(ROOT, "train.py"), *[x for pair in options.items() for x in pair],
+            *args.extra]
 
 
-def report_scores(save: str, task: str) -> dict:
-    """SCORES from save/report/metrics.json, or from report/<task>/ of a run with several tasks."""
-    path = os.path.join(save, "report", "metrics.json")
-    if not os.path.exists(path):
-        path = os.path.join(save, "report", task, "metrics.json")
-    with open(path) as f:
+def recipe_options(recipe: str, paths: dict) -> dict:
+    """{flag: value} of the recipe; $names in its values are filled from convert_taxonomy's paths."""
+    fill = dict(paths)
+    if "other_taxonomies" in paths:
+        fill.update(other_taxonomies=",".join(paths["other_taxonomies"]),
+                    other_label_maps=",".join(paths[f"classes_{t}"] for t in paths["other_taxonomies"]))
+    flags = RECIPES[recipe]
+    return {flag: string.Template(value).substitute(fill) for flag, value in zip(flags[::2], flags[1::2])}
+
+
+def report_scores(save: str, task: str = None) -> dict:
+    """SCORES of save/report/metrics.json, or of report/<task>/metrics.json, one task's of a run of several."""
+    with open(os.path.join(save, "report", *([task] if task else []), "metrics.json")) as f:
         report = json.load(f)
     return {k: report[k] for k in SCORES}
 
@@ -126,9 +140,13 @@ def summary_rows(results: dict, seeds: list) -> list:
 def main(argv=None) -> int:
     args = parse_args(argv)
     args.work_dir = args.work_dir or tempfile.mkdtemp(prefix="recipes_")
-    paths = convert_taxonomy(args.taxonomy, os.path.join(args.work_dir, "data"), args.train_rows)
     seeds = list(range(args.seed, args.seed + args.seeds))
     recipes = ["baseline"] + [r for r in args.only.split(",") if r and r != "baseline"]
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        raise SystemExit(f"--only: no recipe {', '.join(unknown)}; the recipes are {', '.join(RECIPES)}")
+    paths = convert_taxonomy(args.taxonomy, os.path.join(args.work_dir, "data"), args.train_rows,
+                             with_other_taxonomies=any(r in MULTITASK_RECIPES for r in recipes))
     print(f"{args.taxonomy} multi-label, {args.train_rows or 'all'} training rows, {args.n_epochs} epoch(s), seeds "
           f"{seeds}, work dir {args.work_dir}; load average {load_average()}", flush=True)
     results = {r: {s: run_one(args, paths, r, s) for s in seeds} for r in recipes}

@@ -2,18 +2,21 @@
 
     python bench/thresholds.py DIR/data/dev.csv DIR/ensemble_3x1/seed_42/members/seed_*/report/validation_probabilities.npy
     python bench/thresholds.py DIR/data/dev.csv PREDS/dev.csv --classes DIR/data/classes.json   # predict.py's output
+    python bench/thresholds.py DIR/data/dev_all.csv PREDS/dev_all.csv --classes DIR/data/classes_original.json \
+        --label_col original --task original                # one head of a model of several tasks
 
-Reads the labelled validation file (label column `emotion`, comma-separated class ids, as bench/recipes.py writes
-it) and one or more members' report/validation_probabilities.npy (kept by members of --seeds and --cv; with several,
-their mean is scored too, as the ensemble's report does), or predictions files that predict.py wrote for that
-validation file (`-f` a folder holding it; a probability column per class of --classes, in its id order). For --halves random halves of the rows, each estimator
-tunes per-class thresholds on one half and is scored on the other (both ways round, as the report's cross-fitted
+Reads the labelled validation file (label column --label_col, comma-separated class ids, as bench/recipes.py
+writes it) and one or more members' report/validation_probabilities.npy (kept by members of --seeds and --cv; with
+several, their mean is scored too, as the ensemble's report does), or predictions CSVs that predict.py wrote for
+that file (a probability column per class of --classes, `<--task>:<class>` for one task of several; its rows and
+texts must be the validation file's). For --halves random halves of the rows, each estimator tunes per-class
+thresholds on one half and is scored on the other (both ways round, as the report's cross-fitted
 macro-F1 does with one fixed half); it prints the mean ± std of that macro-F1 per estimator:
     exact       calibrate.tune_thresholds (train.py's): the F1-maximising cut of each class's ranked rows
     grid        the best of the thresholds 0.01, 0.02, ..., 0.99
     smooth_2/5/10  the same after averaging the F1 curve over ±2 / ±5 / ±10 grid steps (less swayed by a few rows)
     f1_half     half the best F1 of the exact cut: for calibrated probabilities the F1-optimal threshold is half the
-                best F1 reachable (Lipton, Elkan & Naryanaswamy 2014); steadier, as a best F1 varies less than its cut
+                best F1 reachable (Lipton, Elkan & Narayanaswamy 2014); steadier, as a best F1 varies less than its cut
     half        0.5 for every class
 and the tuned score (thresholds tuned and scored on all rows: optimistic).
 """
@@ -44,7 +47,7 @@ def grid_thresholds(probs: np.ndarray, y: np.ndarray, width: int = 0) -> np.ndar
     return thresholds
 
 
-def half_best_f1(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+def f1_half_thresholds(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per class, half the F1 that the exact cut (calibrate.tune_thresholds) reaches; 0.5 for a class without
     positive rows, as tune_thresholds keeps the default there."""
     cuts = calibrate.tune_thresholds(probs, y)
@@ -55,7 +58,7 @@ def half_best_f1(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 ESTIMATORS = {"exact": calibrate.tune_thresholds, "grid": grid_thresholds,
               "smooth_2": lambda p, y: grid_thresholds(p, y, 2), "smooth_5": lambda p, y: grid_thresholds(p, y, 5),
-              "smooth_10": lambda p, y: grid_thresholds(p, y, 10), "f1_half": half_best_f1,
+              "smooth_10": lambda p, y: grid_thresholds(p, y, 10), "f1_half": f1_half_thresholds,
               "half": lambda p, y: np.full(p.shape[1], 0.5)}
 
 
@@ -78,16 +81,30 @@ def held_out_scores(probs: np.ndarray, y: np.ndarray, halves: int, seed: int) ->
     return scores
 
 
-def load_probabilities(path: str, classes_json: str) -> np.ndarray:
-    """(rows, classes) probabilities from a kept .npy, or from predict.py's predictions CSV (a column per class)."""
+def load_probabilities(path: str, classes_json: str, task: str = "") -> tuple:
+    """(rows, classes) probabilities from a kept .npy, or from predict.py's predictions CSV (a column per class, or
+    per `<task>:<class>`); and the CSV's texts (None for a .npy)."""
     if not path.endswith(".csv"):
-        return np.load(path).astype(float)
+        return np.load(path).astype(float), None
     if not classes_json:
         raise SystemExit(f"{path}: a predictions CSV needs --classes (the label map, for its columns' order)")
     with open(classes_json, encoding="utf-8") as f:
-        names = sorted(json.load(f).items(), key=lambda item: item[1])
+        columns = [f"{task}:{name}" if task else name for name, _ in sorted(json.load(f).items(), key=lambda x: x[1])]
     with open(path, encoding="utf-8", newline="") as f:
-        return np.array([[float(row[name]) for name, _ in names] for row in csv.DictReader(f)])
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SystemExit(f"{path}: no column {', '.join(missing)} (--classes {classes_json}"
+                             f"{f', --task {task}' if task else ''})")
+        rows = list(reader)
+    return np.array([[float(row[c]) for c in columns] for row in rows]), [row.get("sentences") for row in rows]
+
+
+def read_validation(path: str, label_col: str) -> tuple:
+    """The validation file's label ids per row, and its texts."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [[int(x) for x in row[label_col].split(",")] for row in rows], [row.get("sentences") for row in rows]
 
 
 def main(argv=None) -> int:
@@ -96,12 +113,16 @@ def main(argv=None) -> int:
     p.add_argument("probabilities", nargs="+")
     p.add_argument("--label_col", default="emotion")
     p.add_argument("--classes", default="", help="label map (classes.json) of predictions CSVs")
+    p.add_argument("--task", default="", help="predictions CSVs of a model of several tasks: the task to score")
     p.add_argument("--halves", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
-    with open(args.valid_csv, encoding="utf-8", newline="") as f:
-        labels = [[int(x) for x in row[args.label_col].split(",")] for row in csv.DictReader(f)]
-    sets = {path: load_probabilities(path, args.classes) for path in args.probabilities}
+    labels, texts = read_validation(args.valid_csv, args.label_col)
+    sets = {}
+    for path in args.probabilities:
+        sets[path], their_texts = load_probabilities(path, args.classes, args.task)
+        if len(sets[path]) != len(labels) or (their_texts is not None and their_texts != texts):
+            raise SystemExit(f"{path}: its {len(sets[path])} rows are not the {len(labels)} rows of {args.valid_csv}")
     if len(sets) > 1:
         sets["mean of the above (the ensemble)"] = np.mean(list(sets.values()), axis=0)
     y = calibrate.target_matrix(labels, next(iter(sets.values())).shape[1])

@@ -318,7 +318,7 @@ def test_allow_empty_reaches_predict(tmp_path, tiny_bert):
 
 
 
-def test_bench_thresholds_grid_estimators_pick_the_best_of_the_f1_curve_plain_and_smoothed(tmp_path):
+def test_bench_thresholds_estimators_and_the_files_they_read(tmp_path):
     from conftest import load_bench
     bench = load_bench("thresholds")
     # class 0: positives at 0.9 and 0.7, negatives at 0.8 and 0.1: F1 is best (0.8) cutting anywhere in (0.1, 0.7]
@@ -328,7 +328,7 @@ def test_bench_thresholds_grid_estimators_pick_the_best_of_the_f1_curve_plain_an
     rng = np.random.default_rng(0)
     probs = rng.random((60, 3))
     y = (rng.random((60, 3)) < probs).astype(int)
-    for width in (0, 2, 5):  # against the F1 curve written out point by point and averaged by hand
+    for width in (0, 2, 5, 10):  # against the F1 curve written out point by point and averaged by hand
         for c in range(3):
             curve = []
             for t in bench.GRID:
@@ -339,7 +339,7 @@ def test_bench_thresholds_grid_estimators_pick_the_best_of_the_f1_curve_plain_an
             assert bench.grid_thresholds(probs, y, width)[c] == pytest.approx(bench.GRID[int(np.argmax(smooth))])
     # f1_half: class 0 of the hand-made case above reaches F1 0.8 at its best cut, so its threshold is 0.4
     hand = np.array([[0.9, 0.2], [0.8, 0.6], [0.7, 0.4], [0.1, 0.3]]), np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
-    assert bench.half_best_f1(*hand).tolist() == [pytest.approx(0.4), calibrate.DEFAULT_THRESHOLD]
+    assert bench.f1_half_thresholds(*hand).tolist() == [pytest.approx(0.4), calibrate.DEFAULT_THRESHOLD]
     scores = bench.held_out_scores(probs, y, halves=3, seed=0)
     assert set(scores) == set(bench.ESTIMATORS) and all(len(v) == 3 and 0 <= min(v) <= max(v) <= 1
                                                         for v in scores.values())
@@ -348,11 +348,27 @@ def test_bench_thresholds_grid_estimators_pick_the_best_of_the_f1_curve_plain_an
     # the command line runs end to end on two files and scores their mean too
     assert bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "probs.npy"), str(tmp_path / "probs.npy"),
                        "--halves", "2"]) == 0
-    # predict.py's predictions CSV: a probability column per class name, read in the label map's id order
+    # predict.py's predictions CSV: a probability column per class name, read in the label map's id order (not the
+    # file's), or per `<task>:<class>` with --task; its rows must be the validation file's
     (tmp_path / "classes.json").write_text('{"b": 1, "a": 0}', encoding="utf-8")
-    columns = "sentences,a,b,label\n" + "".join(f"{t},{p0},{p1},a\n" for t, (p0, p1) in zip("abcd", probs[:4, :2]))
-    (tmp_path / "preds.csv").write_text(columns, encoding="utf-8")
-    assert np.array_equal(bench.load_probabilities(str(tmp_path / "preds.csv"), str(tmp_path / "classes.json")),
-                          probs[:4, :2])
-    assert bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "preds.csv"), "--classes",
-                       str(tmp_path / "classes.json"), "--halves", "2"]) == 0
+    pairs = list(zip("abcd", probs[:4, :2]))
+    by_name = "".join(f"{t},{p1},{p0},a\n" for t, (p0, p1) in pairs)
+    (tmp_path / "preds.csv").write_text("sentences,b,a,label\n" + by_name, encoding="utf-8")
+    by_task = "".join(f"{t},{p0},{p1}\n" for t, (p0, p1) in pairs)
+    (tmp_path / "tasks.csv").write_text("sentences,x:a,x:b\n" + by_task, encoding="utf-8")
+    classes = str(tmp_path / "classes.json")
+    for path, task in (("preds.csv", ""), ("tasks.csv", "x")):
+        loaded, texts = bench.load_probabilities(str(tmp_path / path), classes, task)
+        assert np.array_equal(loaded, probs[:4, :2]) and texts == list("abcd")
+    assert bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "preds.csv"), "--classes", classes,
+                       "--halves", "2"]) == 0
+    with pytest.raises(SystemExit, match="needs --classes"):
+        bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "preds.csv")])
+    with pytest.raises(SystemExit, match="no column x:a, x:b"):
+        bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "preds.csv"), "--classes", classes, "--task", "x"])
+    (tmp_path / "dev3.csv").write_text('sentences,emotion\na,0\nb,1\nc,"0,1"\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match="its 4 rows are not the 3 rows"):
+        bench.main([str(tmp_path / "dev3.csv"), str(tmp_path / "preds.csv"), "--classes", classes])
+    (tmp_path / "devx.csv").write_text('sentences,emotion\na,0\nb,1\nz,"0,1"\nd,1\n', encoding="utf-8")
+    with pytest.raises(SystemExit, match="are not the 4 rows"):  # same count, other texts
+        bench.main([str(tmp_path / "devx.csv"), str(tmp_path / "preds.csv"), "--classes", classes])

@@ -599,8 +599,8 @@ def test_bench_rows_have_one_ekman_emotion_and_the_sentiment_group_it_belongs_to
     goemotions = os.path.join(ROOT, "..", "shared", "data", "goemotions")
     if not os.path.isdir(goemotions):
         pytest.skip(f"{goemotions}: GoEmotions is not here")
-    emotions = bench.labels_of(os.path.join(goemotions, "ekman"))
-    sentiments = bench.labels_of(os.path.join(goemotions, "group"))
+    emotions = bench.read_names(os.path.join(goemotions, "ekman"))
+    sentiments = bench.read_names(os.path.join(goemotions, "group"))
     assert sentiments == ["ambiguous", "negative", "neutral", "positive"] and len(emotions) == 7
     dst = str(tmp_path / "dev.csv")
     assert bench.build_rows(goemotions, "dev", dst, 300) == 300

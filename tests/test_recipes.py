@@ -296,50 +296,83 @@ def test_recipes_bench_summary_pairs_each_recipe_with_the_baseline_seed_by_seed(
     assert one[1][3:5] == ["+0.0200", "one seed: no interval"]
 
 
-def test_all_taxonomies_recipe_trains_one_head_per_taxonomy_on_the_same_rows(tmp_path, monkeypatch, tiny_bert):
-    """convert_taxonomy's *_all files carry the other taxonomies' labels of the very same rows (a sample too), and
-    the all_taxonomies recipe's flags make train.py read them as tasks, scored on the first one (`emotion`)."""
-    import csv
-    import json
-    import train
+MINI_NAMES = {"original": ["joy", "anger", "grief"], "ekman": ["joy", "anger", "sadness"], "group": ["pos", "neg"]}
+MINI_IDS = {"original": ["2", "0", "1", "1,2"], "ekman": ["0", "2", "1", "0,2"], "group": ["0", "1", "1", "0,1"]}
+MINI_TEXTS = ["so happy", "so angry", "so sad", "happy and angry"]
+
+
+def mini_goemotions(tmp_path, monkeypatch):
+    """A miniature ../shared/data/goemotions (24 train and 8 dev rows, each taxonomy labelling them differently)
+    that bench/accuracy.py reads; returns that module."""
     from conftest import load_bench
-    accuracy, recipes = load_bench("accuracy"), load_bench("recipes")
-    names = {"original": ["joy", "anger", "grief"], "ekman": ["joy", "anger", "sadness"], "group": ["pos", "neg"]}
-    ids = {"original": ["0", "1", "2", "0,1"], "ekman": ["0", "1", "2", "0,1"], "group": ["0", "1", "1", "0,1"]}
-    texts = ["so happy", "so angry", "so sad", "happy and angry"]
-    for taxonomy in accuracy.TAXONOMIES:  # a miniature ../shared/data/goemotions
+    accuracy = load_bench("accuracy")
+    for taxonomy in accuracy.TAXONOMIES:
         folder = tmp_path / "goemotions" / taxonomy
         folder.mkdir(parents=True)
-        (folder / "labels.txt").write_text("\n".join(names[taxonomy]) + "\n", encoding="utf-8")
+        (folder / "labels.txt").write_text("\n".join(MINI_NAMES[taxonomy]) + "\n", encoding="utf-8")
         for split, repeat in (("train", 6), ("dev", 2)):
-            rows = [f"{t} {k}\t{i}\tid{k}" for k in range(repeat) for t, i in zip(texts, ids[taxonomy])]
+            rows = [f"{t} {k}\t{i}\tid{k}" for k in range(repeat) for t, i in zip(MINI_TEXTS, MINI_IDS[taxonomy])]
             (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     monkeypatch.setattr(accuracy, "GOEMOTIONS", str(tmp_path / "goemotions"))
-    paths = accuracy.convert_taxonomy("group", str(tmp_path / "data"), train_rows=10)
-    assert paths["others"] == ["original", "ekman"]
+    return accuracy
+
+
+def test_convert_taxonomy_adds_the_other_taxonomies_labels_of_the_same_rows(tmp_path, monkeypatch):
+    """convert_taxonomy's *_all files (only when asked for) carry the other taxonomies' labels of the very same rows,
+    in a sample too; rows out of step are refused, not joined wrongly."""
+    import csv
+    import json
+    accuracy = mini_goemotions(tmp_path, monkeypatch)
+    assert "train_all" not in accuracy.convert_taxonomy("group", str(tmp_path / "plain"), train_rows=10)
+    paths = accuracy.convert_taxonomy("group", str(tmp_path / "data"), train_rows=10, with_other_taxonomies=True)
+    assert paths["other_taxonomies"] == ["original", "ekman"]
     with open(paths["train"], newline="") as f:
         plain = list(csv.DictReader(f))
     with open(paths["train_all"], newline="") as f:
         every = list(csv.DictReader(f))
     assert len(plain) == len(every) == 10
     assert [(r["sentences"], r["emotion"]) for r in every] == [(r["sentences"], r["emotion"]) for r in plain]
-    by_text = {f"{t} {k}": i for k in range(6) for t, i in zip(texts, range(4))}
+    by_text = {f"{t} {k}": i for k in range(6) for i, t in enumerate(MINI_TEXTS)}
     for row in every:  # each row's other labels are its own in the other taxonomies
         i = by_text[row["sentences"]]
-        assert (row["original"], row["ekman"], row["emotion"]) == (ids["original"][i], ids["ekman"][i],
-                                                                    ids["group"][i])
-    with open(paths["classes"]) as f:
-        assert json.load(f) == {"pos": 0, "neg": 1}
+        assert (row["original"], row["ekman"], row["emotion"]) == (MINI_IDS["original"][i], MINI_IDS["ekman"][i],
+                                                                    MINI_IDS["group"][i])
+    for taxonomy, path in (("group", paths["classes"]), ("ekman", paths["classes_ekman"])):
+        with open(path) as f:
+            assert json.load(f) == {name: i for i, name in enumerate(MINI_NAMES[taxonomy])}
+    shifted = tmp_path / "shifted.tsv"
+    lines = (tmp_path / "goemotions" / "ekman" / "dev.tsv").read_text(encoding="utf-8").splitlines()
+    shifted.write_text("\n".join(lines[1:] + lines[:1]) + "\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="its rows are not those of"):
+        accuracy.convert_split(str(tmp_path / "goemotions" / "group" / "dev.tsv"), str(tmp_path / "x.csv"),
+                               other_label_tsvs={"ekman": str(shifted)})
+
+
+def test_all_taxonomies_recipe_trains_a_head_per_taxonomy_and_reads_each_ones_report(tmp_path, monkeypatch,
+                                                                                      tiny_bert):
+    """The recipe's command gives each flag once (its data and label maps replace the sweep's) and makes train.py
+    train a head per taxonomy; each head's scores are read from its own report."""
+    import json
+    import train
+    from conftest import load_bench
+    accuracy, recipes = mini_goemotions(tmp_path, monkeypatch), load_bench("recipes")
+    paths = accuracy.convert_taxonomy("group", str(tmp_path / "data"), train_rows=10, with_other_taxonomies=True)
     save = str(tmp_path / "model")
-    flags = recipes.recipe_flags("all_taxonomies", paths)
-    code = train.main(["-d", paths["classes"], "--train_path", paths["train"], "--valid_path", paths["dev"],
-                       "--multi_label", "True", "--n_epochs", "1", "--batch_size", "4", "--max_length", "16", "--save_path", save,
-                       "--bert_name", tiny_bert, "--tensorboard", "False", *flags])
-    assert code == 0
+    args = recipes.parse_args(["--n_epochs", "1", "--", "--bert_name", tiny_bert, "--batch_size", "4",
+                               "--max_length", "16"])
+    command = recipes.train_command(args, paths, "all_taxonomies", 42, save)
+    flags = [x for x in command[2:] if x.startswith("-")]
+    assert len(flags) == len(set(flags))
+    given = dict(zip(command[2::2], command[3::2]))
+    assert given["--train_path"] == paths["train_all"] and given["--valid_path"] == paths["dev_all"]
+    assert given["-d"] == ",".join([paths["classes"], paths["classes_original"], paths["classes_ekman"]])
+    assert train.main(command[2:]) == 0
     with open(os.path.join(save, "train_config.json")) as f:
-        assert json.load(f)["label_col"] in ("emotion,original,ekman", ["emotion", "original", "ekman"])
-    scores = recipes.report_scores(save, "emotion")
-    with open(os.path.join(save, "report", "emotion", "metrics.json")) as f:
-        written = json.load(f)
-    assert scores == {k: written[k] for k in recipes.SCORES}
-    assert all(os.path.exists(os.path.join(save, "report", t, "metrics.json")) for t in ("original", "ekman"))
+        assert json.load(f)["label_col"] == "emotion,original,ekman"
+    assert not os.path.exists(os.path.join(save, "report", "metrics.json"))
+    for task in ("emotion", "original", "ekman"):
+        with open(os.path.join(save, "report", task, "metrics.json")) as f:
+            written = json.load(f)
+        assert recipes.report_scores(save, task) == {k: written[k] for k in recipes.SCORES}
+    with pytest.raises(SystemExit, match="no recipe nope"):
+        recipes.main(["--only", "nope", "--work_dir", str(tmp_path / "w")])
