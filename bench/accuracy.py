@@ -92,18 +92,18 @@ def convert_taxonomy(taxonomy: str, out_dir: str, train_rows: int = 0, with_othe
     os.makedirs(out_dir, exist_ok=True)
     paths = {"train": os.path.join(out_dir, "train.csv"), "dev": os.path.join(out_dir, "dev.csv"),
              "classes": write_label_map(taxonomy, os.path.join(out_dir, "classes.json"))}
+    others = [t for t in TAXONOMIES if t != taxonomy] if with_other_taxonomies else []
     for split in ("train", "dev"):
-        convert_split(os.path.join(GOEMOTIONS, taxonomy, f"{split}.tsv"), paths[split],
-                      train_rows if split == "train" else 0)
-    if with_other_taxonomies:
-        others = paths["other_taxonomies"] = [t for t in TAXONOMIES if t != taxonomy]
-        for split in ("train", "dev"):
+        tsv, keep = os.path.join(GOEMOTIONS, taxonomy, f"{split}.tsv"), train_rows if split == "train" else 0
+        convert_split(tsv, paths[split], keep)
+        if others:
             paths[f"{split}_all"] = os.path.join(out_dir, f"{split}_all.csv")
-            convert_split(os.path.join(GOEMOTIONS, taxonomy, f"{split}.tsv"), paths[f"{split}_all"],
-                          train_rows if split == "train" else 0,
+            convert_split(tsv, paths[f"{split}_all"], keep,
                           other_label_tsvs={t: os.path.join(GOEMOTIONS, t, f"{split}.tsv") for t in others})
-        for other in others:
-            paths[f"classes_{other}"] = write_label_map(other, os.path.join(out_dir, f"classes_{other}.json"))
+    if others:
+        paths["other_taxonomies"] = others
+    for other in others:
+        paths[f"classes_{other}"] = write_label_map(other, os.path.join(out_dir, f"classes_{other}.json"))
     return paths
 
 

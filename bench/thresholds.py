@@ -22,7 +22,6 @@ and the tuned score (thresholds tuned and scored on all rows: optimistic).
 """
 import argparse
 import csv
-import json
 import os
 import sys
 
@@ -30,6 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import calibrate  # noqa: E402
+from dataset import load_label_map  # noqa: E402
+from tasks import SEPARATOR  # noqa: E402
 
 GRID = np.linspace(0.01, 0.99, 99)
 
@@ -88,8 +89,7 @@ def load_probabilities(path: str, classes_json: str, task: str = "") -> tuple:
         return np.load(path).astype(float), None
     if not classes_json:
         raise SystemExit(f"{path}: a predictions CSV needs --classes (the label map, for its columns' order)")
-    with open(classes_json, encoding="utf-8") as f:
-        columns = [f"{task}:{name}" if task else name for name, _ in sorted(json.load(f).items(), key=lambda x: x[1])]
+    columns = [f"{task}{SEPARATOR}{name}" if task else name for name in load_label_map(classes_json)]
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
