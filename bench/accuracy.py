@@ -107,6 +107,27 @@ def convert_taxonomy(taxonomy: str, out_dir: str, train_rows: int = 0, with_othe
     return paths
 
 
+def fine_map(taxonomy: str) -> dict:
+    """{class of `taxonomy`: [the original 28 classes that belong to it]}, from the labels both taxonomies give the
+    same training comments: a fine class belongs to the coarse class present in every row it labels. SystemExit unless
+    every row's labels in `taxonomy` are exactly the classes its original labels belong to (GoEmotions' Ekman and
+    sentiment groups were made so)."""
+    names = {t: read_names(os.path.join(GOEMOTIONS, t)) for t in ("original", taxonomy)}
+    rows = {t: read_tsv_rows(os.path.join(GOEMOTIONS, t, "train.tsv")) for t in ("original", taxonomy)}
+    if [r[0] for r in rows["original"]] != [r[0] for r in rows[taxonomy]]:
+        raise SystemExit(f"{taxonomy}/train.tsv: its rows are not those of original/train.tsv")
+    label_sets = {t: [{names[t][int(i)] for i in labels.split(",")} for _, labels in rows[t]] for t in rows}
+    owners = {}
+    for fine_labels, coarse_labels in zip(label_sets["original"], label_sets[taxonomy]):
+        for fine in fine_labels:
+            owners[fine] = owners.get(fine, coarse_labels) & coarse_labels
+    for fine_labels, coarse_labels in zip(label_sets["original"], label_sets[taxonomy]):
+        if any(len(owners[f]) != 1 for f in fine_labels) or {min(owners[f]) for f in fine_labels} != coarse_labels:
+            raise SystemExit(f"{taxonomy}: its labels are not a grouping of the original ones "
+                             f"(a row labelled {', '.join(sorted(fine_labels))} is {', '.join(sorted(coarse_labels))})")
+    return {coarse: [f for f in names["original"] if owners.get(f) == {coarse}] for coarse in names[taxonomy]}
+
+
 def sample_csv(src: str, dst: str, keep: int, seed: int = 0) -> str:
     """The first `keep` rows of a seeded shuffle of a CSV (header kept)."""
     with open(src, encoding="utf-8", newline="") as f:
@@ -141,8 +162,16 @@ def main(argv=None) -> int:
     parser.add_argument("--train_rows", type=int, default=0, help="sample this many training rows (0 = all)")
     parser.add_argument("--work_dir", default="", help="folder for CSVs and models (default: a temporary one)")
     parser.add_argument("--convert_only", action="store_true")
+    parser.add_argument("--write_fine_map", nargs=2, metavar=("TAXONOMY", "PATH"),
+                        help="write the JSON {class: [its original classes]} of ekman or group to PATH, and stop")
     parser.add_argument("extra", nargs="*", help="flags passed to every train.py run (after --)")
     args = parser.parse_args(argv)
+    if args.write_fine_map:
+        taxonomy, path = args.write_fine_map
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(fine_map(taxonomy), f, indent=2)
+        print(path)
+        return 0
     work = args.work_dir or tempfile.mkdtemp(prefix="goemotions_")
     os.makedirs(work, exist_ok=True)
     results = []

@@ -4,14 +4,22 @@
     python bench/thresholds.py DIR/data/dev.csv PREDS/dev.csv --classes DIR/data/classes.json   # predict.py's output
     python bench/thresholds.py DIR/data/dev_all.csv PREDS/dev_all.csv --classes DIR/data/classes_original.json \
         --label_col original --task original                # one head of a model of several tasks
+    python bench/thresholds.py GROUP/data/dev.csv PREDS/dev.csv --classes GROUP/data/classes.json \
+        --fine FINE_PREDS/dev.csv --fine_classes ORIGINAL/data/classes.json --fine_map group_map.json
+                            # a 28-emotion model read out as sentiment groups (the map: bench/accuracy.py
+                            # --write_fine_map group group_map.json)
 
 Reads the labelled validation file (label column --label_col, comma-separated class ids, as bench/recipes.py
 writes it) and one or more members' report/validation_probabilities.npy (kept by members of --seeds and --cv; with
 several, their mean is scored too, as the ensemble's report does), or predictions CSVs that predict.py wrote for
 that file (a probability column per class of --classes, `<--task>:<class>` for one task of several; its rows and
-texts must be the validation file's). For --halves random halves of the rows, each estimator tunes per-class
-thresholds on one half and is scored on the other (both ways round, as the report's cross-fitted
-macro-F1 does with one fixed half); it prints the mean ± std of that macro-F1 per estimator:
+texts must be the validation file's). With --fine, predictions of models trained on finer classes (--fine_classes,
+each of which belongs to one class of the validation file: --fine_map, {class: [its fine classes]}) are read out as
+the validation file's classes, each class's probability the chance that at least one of its fine classes is present
+(1 - the product of 1 - p over them, as if independent); they join the other sets and the mean. For --halves
+random halves of the rows, each estimator tunes per-class thresholds on one half and is scored on the other (both
+ways round, as the report's cross-fitted macro-F1 does with one fixed half); it prints the mean ± std of that
+macro-F1 per estimator:
     exact       calibrate.tune_thresholds (train.py's): the F1-maximising cut of each class's ranked rows
     grid        the best of the thresholds 0.01, 0.02, ..., 0.99
     smooth_2/5/10  the same after averaging the F1 curve over ±2 / ±5 / ±10 grid steps (less swayed by a few rows)
@@ -22,6 +30,7 @@ and the tuned score (thresholds tuned and scored on all rows: optimistic).
 """
 import argparse
 import csv
+import json
 import os
 import sys
 
@@ -100,6 +109,28 @@ def load_probabilities(path: str, classes_json: str, task: str = "") -> tuple:
     return np.array([[float(row[c]) for c in columns] for row in rows]), [row.get("sentences") for row in rows]
 
 
+def read_out(fine_probs: np.ndarray, fine_names: list, fine_map: dict, names: list) -> np.ndarray:
+    """(rows, len(names)) probabilities of the coarse classes `names` from the fine classes' probabilities: for each,
+    1 - prod(1 - p) over the fine classes fine_map lists for it. Every fine class must belong to exactly one."""
+    if sorted(fine_map) != sorted(names):
+        raise SystemExit(f"--fine_map: its classes ({', '.join(sorted(fine_map))}) are not those of --classes "
+                         f"({', '.join(names)})")
+    listed = [fine for members in fine_map.values() for fine in members]
+    wrong = sorted({f for f in listed if listed.count(f) > 1} | (set(listed) ^ set(fine_names)))
+    if wrong:
+        raise SystemExit(f"--fine_map: each class of --fine_classes must be listed once; not so for {', '.join(wrong)}")
+    columns = [[fine_names.index(fine) for fine in fine_map[coarse]] for coarse in names]
+    return np.stack([1 - np.prod(1 - fine_probs[:, c], axis=1) for c in columns], axis=1)
+
+
+def load_read_out(path: str, args) -> tuple:
+    """--fine's predictions at `path`, read out as --classes' classes through --fine_map; and their texts."""
+    fine, texts = load_probabilities(path, args.fine_classes)
+    with open(args.fine_map, encoding="utf-8") as f:
+        fine_map = json.load(f)
+    return read_out(fine, load_label_map(args.fine_classes), fine_map, load_label_map(args.classes)), texts
+
+
 def read_validation(path: str, label_col: str) -> tuple:
     """The validation file's label ids per row, and its texts."""
     with open(path, encoding="utf-8", newline="") as f:
@@ -110,19 +141,29 @@ def read_validation(path: str, label_col: str) -> tuple:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("valid_csv")
-    p.add_argument("probabilities", nargs="+")
+    p.add_argument("probabilities", nargs="*")
     p.add_argument("--label_col", default="emotion")
     p.add_argument("--classes", default="", help="label map (classes.json) of predictions CSVs")
     p.add_argument("--task", default="", help="predictions CSVs of a model of several tasks: the task to score")
+    p.add_argument("--fine", nargs="+", default=[], help="predictions of models of finer classes, read out")
+    p.add_argument("--fine_classes", default="", help="the label map of --fine's models")
+    p.add_argument("--fine_map", default="", help="JSON {class of --classes: [its classes of --fine_classes]}")
     p.add_argument("--halves", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     labels, texts = read_validation(args.valid_csv, args.label_col)
+    if args.fine and not (args.classes and args.fine_classes and args.fine_map):
+        raise SystemExit("--fine needs --classes, --fine_classes and --fine_map")
+    if not args.probabilities + args.fine:
+        raise SystemExit("no probabilities to score: give kept .npy files, predictions CSVs or --fine")
     sets = {}
-    for path in args.probabilities:
-        sets[path], their_texts = load_probabilities(path, args.classes, args.task)
-        if len(sets[path]) != len(labels) or (their_texts is not None and their_texts != texts):
-            raise SystemExit(f"{path}: its {len(sets[path])} rows are not the {len(labels)} rows of {args.valid_csv}")
+    named = [(path, path, False) for path in args.probabilities] + [(f"{path} (read out)", path, True)
+                                                                      for path in args.fine]
+    for name, path, fine in named:
+        sets[name], their_texts = load_read_out(path, args) if fine else load_probabilities(path, args.classes,
+                                                                                             args.task)
+        if len(sets[name]) != len(labels) or (their_texts is not None and their_texts != texts):
+            raise SystemExit(f"{path}: its {len(sets[name])} rows are not the {len(labels)} rows of {args.valid_csv}")
     if len(sets) > 1:
         sets["mean of the above (the ensemble)"] = np.mean(list(sets.values()), axis=0)
     y = calibrate.target_matrix(labels, next(iter(sets.values())).shape[1])

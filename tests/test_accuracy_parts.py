@@ -372,3 +372,40 @@ def test_bench_thresholds_estimators_and_the_files_they_read(tmp_path):
     (tmp_path / "devx.csv").write_text('sentences,emotion\na,0\nb,1\nz,"0,1"\nd,1\n', encoding="utf-8")
     with pytest.raises(SystemExit, match="are not the 4 rows"):  # same count, other texts
         bench.main([str(tmp_path / "devx.csv"), str(tmp_path / "preds.csv"), "--classes", classes])
+
+
+def test_bench_thresholds_reads_a_model_of_finer_classes_out_as_the_coarse_ones(tmp_path):
+    """--fine: each coarse class's probability is 1 - prod(1 - p) over its fine classes (by hand here), the read-out
+    joins the ensemble mean, and maps that leave a fine class out, list it twice or name other classes are refused."""
+    from conftest import load_bench
+    bench = load_bench("thresholds")
+    fine = np.array([[0.5, 0.2, 0.1], [0.0, 0.9, 0.5], [1.0, 0.0, 0.0], [0.3, 0.4, 0.5]])
+    fine_map = {"neg": ["anger", "grief"], "pos": ["joy"]}
+    coarse = bench.read_out(fine, ["joy", "anger", "grief"], fine_map, ["pos", "neg"])
+    assert np.allclose(coarse, [[0.5, 0.28], [0.0, 0.95], [1.0, 0.0], [0.3, 0.7]])
+    for bad_map, message in (({"neg": ["anger"], "pos": ["joy"]}, "not so for grief"),
+                             ({"neg": ["anger", "grief"], "pos": ["joy", "grief"]}, "not so for grief"),
+                             ({"neg": ["anger", "grief"], "positive": ["joy"]}, r"\(neg, positive\) are not those")):
+        with pytest.raises(SystemExit, match=message):
+            bench.read_out(fine, ["joy", "anger", "grief"], bad_map, ["pos", "neg"])
+    (tmp_path / "dev.csv").write_text('sentences,emotion\na,0\nb,1\nc,0\nd,"0,1"\n', encoding="utf-8")
+    (tmp_path / "fine.json").write_text('{"joy": 0, "anger": 1, "grief": 2}', encoding="utf-8")
+    (tmp_path / "coarse.json").write_text('{"pos": 0, "neg": 1}', encoding="utf-8")
+    (tmp_path / "map.json").write_text(json.dumps(fine_map), encoding="utf-8")
+    (tmp_path / "fine.csv").write_text("sentences,joy,anger,grief,label\n" + "".join(
+        f"{t},{p[0]},{p[1]},{p[2]},joy\n" for t, p in zip("abcd", fine)), encoding="utf-8")
+    (tmp_path / "own.csv").write_text("sentences,pos,neg,label\n" + "".join(
+        f"{t},{p},{1 - p},pos\n" for t, p in zip("abcd", (0.9, 0.2, 0.6, 0.5))), encoding="utf-8")
+    loaded, texts = bench.load_read_out(str(tmp_path / "fine.csv"), type("Args", (), {
+        "fine_classes": str(tmp_path / "fine.json"), "classes": str(tmp_path / "coarse.json"),
+        "fine_map": str(tmp_path / "map.json")}))
+    assert np.allclose(loaded, coarse) and texts == list("abcd")
+    flags = ["--classes", str(tmp_path / "coarse.json"), "--fine_classes", str(tmp_path / "fine.json"),
+             "--fine_map", str(tmp_path / "map.json"), "--halves", "2"]
+    assert bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "own.csv"), "--fine", str(tmp_path / "fine.csv"),
+                       *flags]) == 0
+    assert bench.main([str(tmp_path / "dev.csv"), "--fine", str(tmp_path / "fine.csv"), *flags]) == 0
+    with pytest.raises(SystemExit, match="--fine needs --classes, --fine_classes and --fine_map"):
+        bench.main([str(tmp_path / "dev.csv"), "--fine", str(tmp_path / "fine.csv"), "--classes", "x.json"])
+    with pytest.raises(SystemExit, match="no probabilities to score"):
+        bench.main([str(tmp_path / "dev.csv")])
