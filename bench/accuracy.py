@@ -121,11 +121,18 @@ def fine_map(taxonomy: str) -> dict:
     for fine_labels, coarse_labels in zip(label_sets["original"], label_sets[taxonomy]):
         for fine in fine_labels:
             owners[fine] = owners.get(fine, coarse_labels) & coarse_labels
-    for fine_labels, coarse_labels in zip(label_sets["original"], label_sets[taxonomy]):
-        if any(len(owners[f]) != 1 for f in fine_labels) or {min(owners[f]) for f in fine_labels} != coarse_labels:
-            raise SystemExit(f"{taxonomy}: its labels are not a grouping of the original ones "
-                             f"(a row labelled {', '.join(sorted(fine_labels))} is {', '.join(sorted(coarse_labels))})")
-    return {coarse: [f for f in names["original"] if owners.get(f) == {coarse}] for coarse in names[taxonomy]}
+    for fine in names["original"]:
+        if len(owners.get(fine, ())) != 1:
+            why = (f"{fine} labels no training row" if fine not in owners else
+                   f"no class of it is in every row {fine} labels" if not owners[fine] else
+                   f"{', '.join(sorted(owners[fine]))} are all in every row {fine} labels, so it belongs to no one")
+            raise SystemExit(f"{taxonomy}: its labels are not a grouping of the original ones: {why}")
+    for row, (fine_labels, coarse_labels) in enumerate(zip(label_sets["original"], label_sets[taxonomy]), start=1):
+        image = {min(owners[f]) for f in fine_labels}
+        if image != coarse_labels:
+            raise SystemExit(f"{taxonomy}/train.tsv, row {row}: labelled {', '.join(sorted(coarse_labels))}, but its "
+                             f"original labels ({', '.join(sorted(fine_labels))}) belong to {', '.join(sorted(image))}")
+    return {coarse: [f for f in names["original"] if owners[f] == {coarse}] for coarse in names[taxonomy]}
 
 
 def sample_csv(src: str, dst: str, keep: int, seed: int = 0) -> str:
@@ -168,8 +175,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.write_fine_map:
         taxonomy, path = args.write_fine_map
+        if taxonomy not in ("ekman", "group"):
+            raise SystemExit(f"--write_fine_map {taxonomy}: the taxonomies grouping the original one are ekman, group")
+        grouping = fine_map(taxonomy)  # before opening the file: a refusal leaves an earlier map as it was
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(fine_map(taxonomy), f, indent=2)
+            json.dump(grouping, f, indent=2)
         print(path)
         return 0
     work = args.work_dir or tempfile.mkdtemp(prefix="goemotions_")

@@ -13,13 +13,13 @@ Reads the labelled validation file (label column --label_col, comma-separated cl
 writes it) and one or more members' report/validation_probabilities.npy (kept by members of --seeds and --cv; with
 several, their mean is scored too, as the ensemble's report does), or predictions CSVs that predict.py wrote for
 that file (a probability column per class of --classes, `<--task>:<class>` for one task of several; its rows and
-texts must be the validation file's). With --fine, predictions of models trained on finer classes (--fine_classes,
-each of which belongs to one class of the validation file: --fine_map, {class: [its fine classes]}) are read out as
-the validation file's classes, each class's probability the chance that at least one of its fine classes is present
-(1 - the product of 1 - p over them, as if independent); they join the other sets and the mean. For --halves
-random halves of the rows, each estimator tunes per-class thresholds on one half and is scored on the other (both
-ways round, as the report's cross-fitted macro-F1 does with one fixed half); it prints the mean ± std of that
-macro-F1 per estimator:
+texts must be the validation file's). With --fine (once per file), predictions of models trained on finer classes
+(--fine_classes, each of which belongs to one class of the validation file: --fine_map, {class: [its fine classes]})
+are read out as the validation file's classes, each class's probability the chance that at least one of its fine
+classes is present (1 - the product of 1 - p over them, as if independent); they join the other sets and the mean.
+For --halves random halves of the rows, each estimator tunes per-class thresholds on one half and is scored on the
+other (both ways round, as the report's cross-fitted macro-F1 does with one fixed half); it prints the mean ± std of
+that macro-F1 per estimator:
     exact       calibrate.tune_thresholds (train.py's): the F1-maximising cut of each class's ranked rows
     grid        the best of the thresholds 0.01, 0.02, ..., 0.99
     smooth_2/5/10  the same after averaging the F1 curve over ±2 / ±5 / ±10 grid steps (less swayed by a few rows)
@@ -91,19 +91,19 @@ def held_out_scores(probs: np.ndarray, y: np.ndarray, halves: int, seed: int) ->
     return scores
 
 
-def load_probabilities(path: str, classes_json: str, task: str = "") -> tuple:
+def load_probabilities(path: str, classes_json: str, task: str = "", flag: str = "--classes") -> tuple:
     """(rows, classes) probabilities from a kept .npy, or from predict.py's predictions CSV (a column per class, or
-    per `<task>:<class>`); and the CSV's texts (None for a .npy)."""
+    per `<task>:<class>`); and the CSV's texts (None for a .npy). `flag` names the label map's option in messages."""
     if not path.endswith(".csv"):
         return np.load(path).astype(float), None
     if not classes_json:
-        raise SystemExit(f"{path}: a predictions CSV needs --classes (the label map, for its columns' order)")
+        raise SystemExit(f"{path}: a predictions CSV needs {flag} (the label map, for its columns' order)")
     columns = [f"{task}{SEPARATOR}{name}" if task else name for name in load_label_map(classes_json)]
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise SystemExit(f"{path}: no column {', '.join(missing)} (--classes {classes_json}"
+            raise SystemExit(f"{path}: no column {', '.join(missing)} ({flag} {classes_json}"
                              f"{f', --task {task}' if task else ''})")
         rows = list(reader)
     return np.array([[float(row[c]) for c in columns] for row in rows]), [row.get("sentences") for row in rows]
@@ -112,6 +112,8 @@ def load_probabilities(path: str, classes_json: str, task: str = "") -> tuple:
 def read_out(fine_probs: np.ndarray, fine_names: list, fine_map: dict, names: list) -> np.ndarray:
     """(rows, len(names)) probabilities of the coarse classes `names` from the fine classes' probabilities: for each,
     1 - prod(1 - p) over the fine classes fine_map lists for it. Every fine class must belong to exactly one."""
+    if not isinstance(fine_map, dict) or not all(isinstance(m, list) for m in fine_map.values()):
+        raise SystemExit("--fine_map: not a JSON object of lists ({class: [its fine classes]})")
     if sorted(fine_map) != sorted(names):
         raise SystemExit(f"--fine_map: its classes ({', '.join(sorted(fine_map))}) are not those of --classes "
                          f"({', '.join(names)})")
@@ -125,7 +127,7 @@ def read_out(fine_probs: np.ndarray, fine_names: list, fine_map: dict, names: li
 
 def load_read_out(path: str, args) -> tuple:
     """--fine's predictions at `path`, read out as --classes' classes through --fine_map; and their texts."""
-    fine, texts = load_probabilities(path, args.fine_classes)
+    fine, texts = load_probabilities(path, args.fine_classes, flag="--fine_classes")
     with open(args.fine_map, encoding="utf-8") as f:
         fine_map = json.load(f)
     return read_out(fine, load_label_map(args.fine_classes), fine_map, load_label_map(args.classes)), texts
@@ -145,15 +147,19 @@ def main(argv=None) -> int:
     p.add_argument("--label_col", default="emotion")
     p.add_argument("--classes", default="", help="label map (classes.json) of predictions CSVs")
     p.add_argument("--task", default="", help="predictions CSVs of a model of several tasks: the task to score")
-    p.add_argument("--fine", nargs="+", default=[], help="predictions of models of finer classes, read out")
+    p.add_argument("--fine", action="append", default=[],
+                   help="predictions of a model of finer classes, read out (once per file)")
     p.add_argument("--fine_classes", default="", help="the label map of --fine's models")
     p.add_argument("--fine_map", default="", help="JSON {class of --classes: [its classes of --fine_classes]}")
     p.add_argument("--halves", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # files before and after the options alike
     labels, texts = read_validation(args.valid_csv, args.label_col)
-    if args.fine and not (args.classes and args.fine_classes and args.fine_map):
-        raise SystemExit("--fine needs --classes, --fine_classes and --fine_map")
+    needed = [f"--{name}" for name in ("classes", "fine_classes", "fine_map") if not getattr(args, name)]
+    if args.fine and needed:
+        raise SystemExit(f"--fine needs {', '.join(needed)}")
+    if not args.fine and (args.fine_classes or args.fine_map):
+        raise SystemExit("--fine_classes and --fine_map describe --fine's files: give --fine too")
     if not args.probabilities + args.fine:
         raise SystemExit("no probabilities to score: give kept .npy files, predictions CSVs or --fine")
     sets = {}

@@ -374,7 +374,7 @@ def test_bench_thresholds_estimators_and_the_files_they_read(tmp_path):
         bench.main([str(tmp_path / "devx.csv"), str(tmp_path / "preds.csv"), "--classes", classes])
 
 
-def test_bench_thresholds_reads_a_model_of_finer_classes_out_as_the_coarse_ones(tmp_path):
+def test_bench_thresholds_reads_a_model_of_finer_classes_out_as_the_coarse_ones(tmp_path, capsys):
     """--fine: each coarse class's probability is 1 - prod(1 - p) over its fine classes (by hand here), the read-out
     joins the ensemble mean, and maps that leave a fine class out, list it twice or name other classes are refused."""
     from conftest import load_bench
@@ -385,27 +385,36 @@ def test_bench_thresholds_reads_a_model_of_finer_classes_out_as_the_coarse_ones(
     assert np.allclose(coarse, [[0.5, 0.28], [0.0, 0.95], [1.0, 0.0], [0.3, 0.7]])
     for bad_map, message in (({"neg": ["anger"], "pos": ["joy"]}, "not so for grief"),
                              ({"neg": ["anger", "grief"], "pos": ["joy", "grief"]}, "not so for grief"),
-                             ({"neg": ["anger", "grief"], "positive": ["joy"]}, r"\(neg, positive\) are not those")):
+                             ({"neg": ["anger", "grief"], "positive": ["joy"]}, r"\(neg, positive\) are not those"),
+                             ({"neg": ["anger", "grief"], "pos": "joy"}, "not a JSON object of lists")):
         with pytest.raises(SystemExit, match=message):
             bench.read_out(fine, ["joy", "anger", "grief"], bad_map, ["pos", "neg"])
     (tmp_path / "dev.csv").write_text('sentences,emotion\na,0\nb,1\nc,0\nd,"0,1"\n', encoding="utf-8")
     (tmp_path / "fine.json").write_text('{"joy": 0, "anger": 1, "grief": 2}', encoding="utf-8")
     (tmp_path / "coarse.json").write_text('{"pos": 0, "neg": 1}', encoding="utf-8")
     (tmp_path / "map.json").write_text(json.dumps(fine_map), encoding="utf-8")
-    (tmp_path / "fine.csv").write_text("sentences,joy,anger,grief,label\n" + "".join(
-        f"{t},{p[0]},{p[1]},{p[2]},joy\n" for t, p in zip("abcd", fine)), encoding="utf-8")
+    # columns in another order than the label map's ids: read by name
+    (tmp_path / "fine.csv").write_text("sentences,grief,joy,anger,label\n" + "".join(
+        f"{t},{p[2]},{p[0]},{p[1]},joy\n" for t, p in zip("abcd", fine)), encoding="utf-8")
     (tmp_path / "own.csv").write_text("sentences,pos,neg,label\n" + "".join(
         f"{t},{p},{1 - p},pos\n" for t, p in zip("abcd", (0.9, 0.2, 0.6, 0.5))), encoding="utf-8")
+    files = {name: str(tmp_path / f"{name}.json") for name in ("fine", "coarse", "map")}
     loaded, texts = bench.load_read_out(str(tmp_path / "fine.csv"), type("Args", (), {
-        "fine_classes": str(tmp_path / "fine.json"), "classes": str(tmp_path / "coarse.json"),
-        "fine_map": str(tmp_path / "map.json")}))
+        "fine_classes": files["fine"], "classes": files["coarse"], "fine_map": files["map"]}))
     assert np.allclose(loaded, coarse) and texts == list("abcd")
-    flags = ["--classes", str(tmp_path / "coarse.json"), "--fine_classes", str(tmp_path / "fine.json"),
-             "--fine_map", str(tmp_path / "map.json"), "--halves", "2"]
-    assert bench.main([str(tmp_path / "dev.csv"), str(tmp_path / "own.csv"), "--fine", str(tmp_path / "fine.csv"),
-                       *flags]) == 0
-    assert bench.main([str(tmp_path / "dev.csv"), "--fine", str(tmp_path / "fine.csv"), *flags]) == 0
-    with pytest.raises(SystemExit, match="--fine needs --classes, --fine_classes and --fine_map"):
-        bench.main([str(tmp_path / "dev.csv"), "--fine", str(tmp_path / "fine.csv"), "--classes", "x.json"])
+    flags = ["--classes", files["coarse"], "--fine_classes", files["fine"], "--fine_map", files["map"], "--halves", "2"]
+    dev, fine_csv, own_csv = (str(tmp_path / f) for f in ("dev.csv", "fine.csv", "own.csv"))
+    assert bench.main([dev, "--fine", fine_csv, *flags, own_csv]) == 0  # a file after the options is no --fine
+    out = capsys.readouterr().out
+    assert out.index(own_csv + "\n") < out.index(f"{fine_csv} (read out)\n") < out.index("mean of the above")
+    (tmp_path / "fine2.csv").write_text((tmp_path / "fine.csv").read_text(encoding="utf-8"), encoding="utf-8")
+    assert bench.main([dev, "--fine", fine_csv, "--fine", str(tmp_path / "fine2.csv"), *flags]) == 0
+    assert capsys.readouterr().out.count(" (read out)\n") == 2
+    with pytest.raises(SystemExit, match="--fine needs --fine_classes, --fine_map$"):
+        bench.main([dev, "--fine", fine_csv, "--classes", files["coarse"]])
+    with pytest.raises(SystemExit, match="give --fine too"):
+        bench.main([dev, own_csv, "--classes", files["coarse"], "--fine_map", files["map"]])
+    with pytest.raises(SystemExit, match=r"no column joy, anger, grief \(--fine_classes"):
+        bench.main([dev, "--fine", own_csv, *flags])
     with pytest.raises(SystemExit, match="no probabilities to score"):
-        bench.main([str(tmp_path / "dev.csv")])
+        bench.main([dev])

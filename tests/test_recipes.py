@@ -350,29 +350,45 @@ def test_convert_taxonomy_adds_the_other_taxonomies_labels_of_the_same_rows(tmp_
 
 def test_fine_map_groups_the_original_classes_and_refuses_labels_that_are_no_grouping(tmp_path, monkeypatch):
     """fine_map: each original class belongs to the coarse class every row it labels has; a taxonomy whose labels
-    are not the image of the original ones (the miniature Ekman: anger's rows have anger, then joy and sadness) is
-    refused; --write_fine_map writes the map; on GoEmotions itself every one of the 28 classes belongs to one class."""
+    are not the image of the original ones is refused with the class or row at fault, and --write_fine_map then
+    leaves an earlier map as it was; on GoEmotions itself every one of the 28 classes belongs to one class."""
     import json
     accuracy = mini_goemotions(tmp_path, monkeypatch)
-    # original rows: grief / joy / anger / anger+grief; as groups ["pos", "neg"]: neg / pos / neg / neg
-    rows = [f"{t} {k}\t{i}\tid{k}" for k in range(6) for t, i in zip(MINI_TEXTS, ["1", "0", "1", "1"])]
-    (tmp_path / "goemotions" / "group" / "train.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    group_tsv = tmp_path / "goemotions" / "group" / "train.tsv"
+
+    def write_group_labels(ids):  # original rows: grief / joy / anger / anger+grief; group names ["pos", "neg"]
+        rows = [f"{t} {k}\t{i}\tid{k}" for k in range(6) for t, i in zip(MINI_TEXTS, ids)]
+        group_tsv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_group_labels(["1", "0", "1", "1"])
     assert accuracy.fine_map("group") == {"pos": ["joy"], "neg": ["anger", "grief"]}
-    assert accuracy.main(["--write_fine_map", "group", str(tmp_path / "map.json")]) == 0
-    assert json.loads((tmp_path / "map.json").read_text()) == {"pos": ["joy"], "neg": ["anger", "grief"]}
-    with pytest.raises(SystemExit, match="ekman: its labels are not a grouping of the original ones"):
+    map_json = tmp_path / "map.json"
+    assert accuracy.main(["--write_fine_map", "group", str(map_json)]) == 0
+    assert json.loads(map_json.read_text()) == {"pos": ["joy"], "neg": ["anger", "grief"]}
+    # the miniature Ekman: anger's rows are labelled anger, then joy and sadness
+    with pytest.raises(SystemExit, match="ekman: its labels are not a grouping of the original ones: no class of it "
+                                         "is in every row anger labels$"):
         accuracy.fine_map("ekman")
+    write_group_labels(["1", "0", "1", "0,1"])  # the last row has pos too, which none of its classes gives
+    with pytest.raises(SystemExit, match=r"group/train.tsv, row 4: labelled neg, pos, but its original labels "
+                                         r"\(anger, grief\) belong to neg$"):
+        accuracy.main(["--write_fine_map", "group", str(map_json)])
+    assert json.loads(map_json.read_text()) == {"pos": ["joy"], "neg": ["anger", "grief"]}  # left as it was
+    write_group_labels(["1", "0", "1"])  # a row fewer: not the same comments
+    with pytest.raises(SystemExit, match="its rows are not those of original/train.tsv"):
+        accuracy.fine_map("group")
+    with pytest.raises(SystemExit, match="--write_fine_map original: the taxonomies grouping the original one"):
+        accuracy.main(["--write_fine_map", "original", str(map_json)])
     monkeypatch.setattr(accuracy, "GOEMOTIONS", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                                              "goemotions"))
     if not os.path.isdir(accuracy.GOEMOTIONS):
         pytest.skip(f"{accuracy.GOEMOTIONS}: GoEmotions is not here")
+    originals = sorted(accuracy.read_names(os.path.join(accuracy.GOEMOTIONS, "original")))
+    groupings = {taxonomy: accuracy.fine_map(taxonomy) for taxonomy in ("ekman", "group")}
     for taxonomy, size in (("ekman", 7), ("group", 4)):
-        grouping = accuracy.fine_map(taxonomy)
-        listed = sorted(f for members in grouping.values() for f in members)
-        assert len(grouping) == size and listed == sorted(accuracy.read_names(os.path.join(accuracy.GOEMOTIONS,
-                                                                                           "original")))
-    assert "grief" in grouping["negative"] and accuracy.fine_map("ekman")["surprise"] == [
-        "confusion", "curiosity", "realization", "surprise"]
+        assert len(groupings[taxonomy]) == size
+        assert sorted(f for members in groupings[taxonomy].values() for f in members) == originals
+    assert "grief" in groupings["group"]["negative"]
+    assert groupings["ekman"]["surprise"] == ["confusion", "curiosity", "realization", "surprise"]
 
 
 def test_all_taxonomies_recipe_trains_a_head_per_taxonomy_and_reads_each_ones_report(tmp_path, monkeypatch,
