@@ -17,6 +17,8 @@ that every document fills --max_length (seed 002 trains at 512). Contenders:
   ours_plain            the same without buckets (windows of one batch: plain shuffled batches)
   ours_wN               the same with buckets of N batches (--windows), to tune dataset.BUCKET_WINDOW_BATCHES
   ours_fp32             train.py with --precision fp32 (not in the default set)
+  ours_bN               train.py with batch N and both learning rates times N / 32 (not in the default set; e.g.
+                        --only ours,ours_b64,trainer_bf16): a larger token budget per step
   ours_train_words      train.py with --freeze_word_embeddings False: the word-embedding table trains too
   trainer               transformers.Trainer, DataCollatorWithPadding, its defaults (fp32)
   trainer_bf16          the same with bf16=True
@@ -43,6 +45,7 @@ waste: padding, and a last layer computed for every token (Trainer and the seed 
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -76,6 +79,33 @@ def parse_args(argv=None):
 
 
 # ------------------------------------------------------------------------------------------------ contenders
+def contenders(args) -> list:
+    """--only's contenders and --windows' ours_wN, in order; one line naming any unknown one."""
+    variants = [v for v in args.only.split(",") if v] + [f"ours_w{w}" for w in args.windows.split(",") if w]
+    unknown = [v for v in variants if v not in DEFAULT_VARIANTS + ("ours_fp32",)
+               and not re.fullmatch(r"ours_[bw]\d+", v)]
+    if unknown:
+        raise SystemExit(f"--only: no contender {', '.join(unknown)} (the contenders: {', '.join(DEFAULT_VARIANTS)}, "
+                         "ours_fp32, ours_bN, ours_wN)")
+    return variants
+
+
+def ours_argv(args, variant: str, save: str) -> list:
+    """train.py's command line for one of our contenders."""
+    # ours_bN: a larger token budget per step, batch N with both learning rates scaled by N / 32 (the linear rule)
+    batch = int(variant[len("ours_b"):]) if variant.startswith("ours_b") else 32
+    argv = ["-d", os.path.join(ROOT, "classes.json"), "-p", "False", "--train_path", train_csv(args),
+            "--valid_path", valid_csv(args), "--n_epochs", "1", "--batch_size", str(batch),
+            "--max_length", str(args.max_length), "--lr_main", str(5e-5 * batch / 32),
+            "--lr", str(args.head_lr * batch / 32), "--seed", str(args.seed), "--save_path", save,
+            "--log_every", "1000"]
+    if variant == "ours_fp32":
+        argv += ["--precision", "fp32"]
+    if variant == "ours_train_words":
+        argv += ["--freeze_word_embeddings", "False"]
+    return argv
+
+
 def run_ours(args, variant: str) -> dict:
     import dataset
     import train
@@ -84,15 +114,7 @@ def run_ours(args, variant: str) -> dict:
     elif variant.startswith("ours_w"):
         dataset.BUCKET_WINDOW_BATCHES = int(variant[len("ours_w"):])
     save = os.path.join(args.workdir, f"model_{variant}")
-    argv = ["-d", os.path.join(ROOT, "classes.json"), "-p", "False", "--train_path", train_csv(args),
-            "--valid_path", valid_csv(args), "--n_epochs", "1", "--batch_size", "32",
-            "--max_length", str(args.max_length),
-            "--lr_main", "5e-5", "--lr", str(args.head_lr), "--seed", str(args.seed), "--save_path", save,
-            "--log_every", "1000"]
-    if variant == "ours_fp32":
-        argv += ["--precision", "fp32"]
-    if variant == "ours_train_words":
-        argv += ["--freeze_word_embeddings", "False"]
+    argv = ours_argv(args, variant, save)
     import engine
     import runtime
     cpu = []
@@ -285,12 +307,12 @@ def main(argv=None) -> int:
 
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="bench_train_")
     os.makedirs(args.workdir, exist_ok=True)
+    variants = contenders(args)
     write_data(args)
-    variants = [v for v in args.only.split(",") if v]
-    variants += [f"ours_w{w}" for w in args.windows.split(",") if w]
     documents = f", documents of {args.long_docs}+ words" if args.long_docs else ""
     print(f"train_vs_hf: {args.rows} training rows, {args.valid_rows} validation rows, 1 epoch, batch 32, "
-          f"lr 5e-5 (our head: {args.head_lr}), max_length {args.max_length}{documents}, seed {args.seed}, "
+          f"lr 5e-5 (our head: {args.head_lr}; ours_bN: batch N, both lrs x N/32), max_length {args.max_length}"
+          f"{documents}, seed {args.seed}, "
           f"{threads} CPU thread(s); "
           f"workdir {args.workdir}; load before: {load_average()}", flush=True)
     peaks = {d: matmul_peak_gflops(d) for d in ("bf16", "fp32")}

@@ -480,6 +480,24 @@ def test_train_bench_long_documents_keep_each_rows_sentence_first_and_label_and_
     assert (tmp_path / "again.csv").read_text(encoding="utf-8") == dst.read_text(encoding="utf-8")  # seeded
 
 
+def test_train_bench_ours_bn_trains_batch_n_with_both_learning_rates_scaled_by_n_over_32(tmp_path):
+    from conftest import load_bench
+    bench = load_bench("train_vs_hf")
+    args = bench.parse_args(["--workdir", str(tmp_path), "--head_lr", "0.002"])
+
+    def flags(variant):
+        argv = bench.ours_argv(args, variant, str(tmp_path / "model"))
+        return {flag: float(argv[argv.index(flag) + 1]) for flag in ("--batch_size", "--lr_main", "--lr")}
+    assert flags("ours") == {"--batch_size": 32, "--lr_main": pytest.approx(5e-5), "--lr": pytest.approx(2e-3)}
+    assert flags("ours_b64") == {"--batch_size": 64, "--lr_main": pytest.approx(1e-4), "--lr": pytest.approx(4e-3)}
+    assert flags("ours_b16") == {"--batch_size": 16, "--lr_main": pytest.approx(2.5e-5), "--lr": pytest.approx(1e-3)}
+    assert bench.ours_argv(args, "ours_fp32", "m")[-2:] == ["--precision", "fp32"]
+    assert bench.contenders(bench.parse_args(["--only", "ours,ours_b64,trainer", "--windows", "4"])) == [
+        "ours", "ours_b64", "trainer", "ours_w4"]
+    with pytest.raises(SystemExit, match="--only: no contender ours_bx, foo "):
+        bench.contenders(bench.parse_args(["--only", "ours,ours_bx,foo"]))
+
+
 def test_levers_bench_bf16_weights_keeps_float32_masters_and_writes_them_back_rounded(tiny_bert):
     import subprocess
     import sys
