@@ -57,6 +57,15 @@ def read_tsv_rows(tsv_path: str) -> list:
         return [(r[0], r[1]) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(r) >= 2]
 
 
+def read_rows_of_same_comments(other_path: str, rows: list, rows_name: str) -> list:
+    """read_tsv_rows of another taxonomy's TSV of the same split as `rows` (read from the file named rows_name in
+    messages); refused unless its rows are the same comments in the same order."""
+    other = read_tsv_rows(other_path)
+    if [other_row[0] for other_row in other] != [row[0] for row in rows]:
+        raise SystemExit(f"{other_path}: its rows are not those of {rows_name}")
+    return other
+
+
 def convert_split(tsv_path: str, csv_path: str, keep: int = 0, seed: int = 0, other_label_tsvs: dict = None) -> int:
     """GoEmotions TSV -> the tool's CSV (sentences, emotion = ids joined by commas); `keep` > 0 samples rows.
     `other_label_tsvs` ({column: the same split's TSV in another taxonomy}, whose rows are the same comments in the
@@ -64,9 +73,7 @@ def convert_split(tsv_path: str, csv_path: str, keep: int = 0, seed: int = 0, ot
     rows = read_tsv_rows(tsv_path)
     header = ["sentences", "emotion"]
     for column, other_path in (other_label_tsvs or {}).items():
-        other = read_tsv_rows(other_path)
-        if [other_row[0] for other_row in other] != [row[0] for row in rows]:
-            raise SystemExit(f"{other_path}: its rows are not those of {tsv_path}")
+        other = read_rows_of_same_comments(other_path, rows, tsv_path)
         rows = [(*row, labels) for row, (_, labels) in zip(rows, other)]
         header.append(column)
     if 0 < keep < len(rows):  # sample() draws by position only: the same rows with or without other labels
@@ -113,9 +120,9 @@ def fine_map(taxonomy: str) -> dict:
     every row's labels in `taxonomy` are exactly the classes its original labels belong to (GoEmotions' Ekman and
     sentiment groups were made so)."""
     names = {t: read_names(os.path.join(GOEMOTIONS, t)) for t in ("original", taxonomy)}
-    rows = {t: read_tsv_rows(os.path.join(GOEMOTIONS, t, "train.tsv")) for t in ("original", taxonomy)}
-    if [r[0] for r in rows["original"]] != [r[0] for r in rows[taxonomy]]:
-        raise SystemExit(f"{taxonomy}/train.tsv: its rows are not those of original/train.tsv")
+    rows = {"original": read_tsv_rows(os.path.join(GOEMOTIONS, "original", "train.tsv"))}
+    rows[taxonomy] = read_rows_of_same_comments(os.path.join(GOEMOTIONS, taxonomy, "train.tsv"), rows["original"],
+                                                "original/train.tsv")
     label_sets = {t: [{names[t][int(i)] for i in labels.split(",")} for _, labels in rows[t]] for t in rows}
     owners = {}
     for fine_labels, coarse_labels in zip(label_sets["original"], label_sets[taxonomy]):
@@ -175,8 +182,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.write_fine_map:
         taxonomy, path = args.write_fine_map
-        if taxonomy not in ("ekman", "group"):
-            raise SystemExit(f"--write_fine_map {taxonomy}: the taxonomies grouping the original one are ekman, group")
+        coarse = [t for t in TAXONOMIES if t != "original"]
+        if taxonomy not in coarse:
+            raise SystemExit(f"--write_fine_map {taxonomy}: the taxonomies grouping the original one are "
+                             f"{', '.join(coarse)}")
         grouping = fine_map(taxonomy)  # before opening the file: a refusal leaves an earlier map as it was
         with open(path, "w", encoding="utf-8") as f:
             json.dump(grouping, f, indent=2)

@@ -301,6 +301,12 @@ MINI_IDS = {"original": ["2", "0", "1", "1,2"], "ekman": ["0", "2", "1", "0,2"],
 MINI_TEXTS = ["so happy", "so angry", "so sad", "happy and angry"]
 
 
+def write_mini_tsv(path, ids: list, repeat: int) -> None:
+    """`repeat` copies of MINI_TEXTS (numbered) labelled `ids`, in GoEmotions' TSV form."""
+    rows = [f"{t} {k}\t{i}\tid{k}" for k in range(repeat) for t, i in zip(MINI_TEXTS, ids)]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
 def mini_goemotions(tmp_path, monkeypatch):
     """A miniature ../shared/data/goemotions (24 train and 8 dev rows, each taxonomy labelling them differently)
     that bench/accuracy.py reads; returns that module."""
@@ -311,8 +317,7 @@ def mini_goemotions(tmp_path, monkeypatch):
         folder.mkdir(parents=True)
         (folder / "labels.txt").write_text("\n".join(MINI_NAMES[taxonomy]) + "\n", encoding="utf-8")
         for split, repeat in (("train", 6), ("dev", 2)):
-            rows = [f"{t} {k}\t{i}\tid{k}" for k in range(repeat) for t, i in zip(MINI_TEXTS, MINI_IDS[taxonomy])]
-            (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+            write_mini_tsv(folder / f"{split}.tsv", MINI_IDS[taxonomy], repeat)
     monkeypatch.setattr(accuracy, "GOEMOTIONS", str(tmp_path / "goemotions"))
     return accuracy
 
@@ -357,8 +362,7 @@ def test_fine_map_groups_the_original_classes_and_refuses_labels_that_are_no_gro
     group_tsv = tmp_path / "goemotions" / "group" / "train.tsv"
 
     def write_group_labels(ids):  # original rows: grief / joy / anger / anger+grief; group names ["pos", "neg"]
-        rows = [f"{t} {k}\t{i}\tid{k}" for k in range(6) for t, i in zip(MINI_TEXTS, ids)]
-        group_tsv.write_text("\n".join(rows) + "\n", encoding="utf-8")
+        write_mini_tsv(group_tsv, ids, 6)
     write_group_labels(["1", "0", "1", "1"])
     assert accuracy.fine_map("group") == {"pos": ["joy"], "neg": ["anger", "grief"]}
     map_json = tmp_path / "map.json"
