@@ -233,9 +233,12 @@ def save_model(folder: str, model: torch.nn.Module, tokenizer, cfg, names: list,
             staged = {WEIGHTS: os.path.join(stage, WEIGHTS), "config.json": os.path.join(stage, "config.json")}
             for name in sorted(os.listdir(tok_dir)):
                 staged[f"tokenizer/{name}"] = os.path.join(tok_dir, name)
-            for name, obj in (("train_config.json", dataclasses.asdict(cfg)),
-                              ("classes.json", {n: i for i, n in enumerate(names)}),
-                              ("calibration.json", extra)):
+            settings = [("train_config.json", dataclasses.asdict(cfg)),
+                        ("classes.json", {n: i for i, n in enumerate(names)}), ("calibration.json", extra)]
+            if getattr(model, "read_out", None) is not None:  # --label_groups: the head's classes and their groups
+                from label_groups import FOLDER_FILE
+                settings.append((FOLDER_FILE, model.read_out.label_groups.spec()))
+            for name, obj in settings:
                 staged[name] = stage_json(stage, name, obj)
             commit_files(folder, staged, replace=True)  # the whole model: nothing of an earlier one stays listed
 
@@ -274,6 +277,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def listed_in_manifest(folder: str, name: str) -> bool:
+    """Whether `name` is in `folder` and part of its committed content: listed by its manifest (a file a later
+    commit no longer lists does not count), or, in a folder without one (an export), present."""
+    if not os.path.isfile(os.path.join(folder, name)):
+        return False
+    if not os.path.exists(os.path.join(folder, MANIFEST)):
+        return True
+    try:
+        return name in _read_manifest(folder)["files"]
+    except (OSError, ValueError):
+        return False
+
+
+def read_label_groups(folder: str):
+    """The label_groups.LabelGroups a model, ensemble or export folder was trained with (--label_groups), or None."""
+    from label_groups import FOLDER_FILE, LabelGroups
+    if not listed_in_manifest(folder, FOLDER_FILE):
+        return None
+    path = os.path.join(folder, FOLDER_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+        return LabelGroups(list(spec["classes"]), dict(spec["groups"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: unreadable ({str(e)[:200]})")
+
+
 def read_settings(folder: str) -> tuple:
     """(cfg, names, extra) of a model or ensemble folder: train_config.json, classes.json and calibration.json,
     after checking every file against the manifest."""
@@ -298,7 +328,11 @@ def load_model(folder: str, device: torch.device):
         tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"), trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise InputError(f"{folder}: cannot rebuild the encoder or tokenizer ({str(e).splitlines()[0]})")
-    model = BertClassifier(encoder, len(names), cfg.pooling, cfg.dropout_p, cfg.window_pool)
+    groups = read_label_groups(folder)
+    if groups is not None and groups.names != names:
+        raise InputError(f"{folder}: the groups of label_groups.json are not the classes of classes.json")
+    model = BertClassifier(encoder, len(groups.classes if groups else names), cfg.pooling, cfg.dropout_p,
+                           cfg.window_pool)
     try:
         missing, unexpected = st_load_model(model, os.path.join(folder, WEIGHTS), strict=False)
     except SafetensorError as e:
@@ -310,6 +344,9 @@ def load_model(folder: str, device: torch.device):
     if missing or unexpected:
         raise InputError(f"{os.path.join(folder, WEIGHTS)}: weights do not fit the saved architecture "
                          f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    if groups is not None:
+        from label_groups import GroupReadOut
+        model.read_out = GroupReadOut(groups, cfg.multi_label)
     return model.to(device).eval(), tokenizer, cfg, names, extra
 
 

@@ -75,6 +75,10 @@ class Config:
                          group="both")
     multi_label: bool = opt(False, "several classes per row (comma-separated in the label column); sigmoid + BCE; "
                             "several tasks: one value, or one per task (True,False)", parse=bools)
+    label_groups: str = opt("", "JSON map {group: [classes of -d, ...]}: learn the classes of -d from the training "
+                            "file's labels, and validate, calibrate, tune thresholds and predict their groups "
+                            "(multi-label: the probability that any class of the group is present; single-label: "
+                            "the sum of its classes' probabilities, each class in one group); empty = off")
     task_weights: str = opt("", "several tasks: the weight of each task's loss, comma-separated (empty = all 1)")
     # model
     bert_name: str = opt(EMBEDDED_MODEL, "Hugging Face model id or local folder of a BERT-family encoder "

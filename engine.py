@@ -222,7 +222,7 @@ def evaluate(model, loader, run: Run, n_rows: int) -> torch.Tensor:
             logits = model(**model_inputs(batch))
         outputs.append(logits.float())
         indices.append(batch["index"])
-    n_out = unwrap(model).classifier.out_features
+    n_out = unwrap(model).n_classes  # the groups' count with --label_groups
     logits = torch.cat(outputs) if outputs else torch.zeros((0, n_out), device=run.device)
     index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=run.device)
     if run.world_size > 1:

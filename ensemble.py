@@ -118,8 +118,10 @@ def write_ensemble(save_path: str, cfg, members: list, calibration: dict = None)
     ensemble's calibration.json (report.ensemble_calibration), by default the mean of the members' thresholds."""
     import dataclasses
 
-    from checkpoint import MANIFEST, commit_copy, read_settings, sha256_file
+    from checkpoint import MANIFEST, commit_copy, read_label_groups, read_settings, sha256_file
+    from label_groups import FOLDER_FILE
     settings = [read_settings(folder) for _, folder in members]
+    groups = read_label_groups(members[0][1])  # --label_groups: predict.py checks -d against the fine classes
     first_cfg, names, _ = settings[0]
     entries = [{"name": name, "path": os.path.relpath(folder, save_path),
                 "manifest_sha256": sha256_file(os.path.join(folder, MANIFEST))} for name, folder in members]
@@ -132,4 +134,5 @@ def write_ensemble(save_path: str, cfg, members: list, calibration: dict = None)
     run_cfg = dataclasses.replace(first_cfg, seed=cfg.seed, save_path=cfg.save_path)
     commit_copy(save_path, {}, {ENSEMBLE_FILE: description, "train_config.json": dataclasses.asdict(run_cfg),
                                 "classes.json": {n: i for i, n in enumerate(names)},
-                                "calibration.json": calibration or mean_thresholds([extra for _, _, extra in settings])})
+                                "calibration.json": calibration or mean_thresholds([extra for _, _, extra in settings]),
+                                **({FOLDER_FILE: groups.spec()} if groups else {})})

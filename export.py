@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     except ImportError as e:
         raise InputError(f"export.py needs onnx and onnxruntime ({e.name} is missing): "
                          "pip install onnx onnxruntime onnxscript")
-    from checkpoint import load_model
+    from checkpoint import load_model, read_label_groups
     from ensemble import is_ensemble
     from runtime import setup_run
     if is_ensemble(cfg.save_path):
@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     model, tokenizer, trained, names, extra = load_model(cfg.save_path, run.device)
     import predict
     predict.attach_tasks(trained, names, extra)
+    trained._label_groups = read_label_groups(cfg.save_path)
     trained.batch_size = 32
     texts, texts2, labels = parity_set(cfg, trained, names)
     reference = predict.predict_probabilities(model, tokenizer, texts, trained.max_length, 32, run,
@@ -86,9 +87,8 @@ def parity_set(cfg: Config, trained: Config, names: list) -> tuple:
     """(texts, texts2 or None, labels or None): --check's rows, else PARITY_TEXTS (paired with themselves
     reversed for a pair model)."""
     if cfg.check:
-        from dataset import load_labelled_file
-        data = load_labelled_file(cfg.check, trained.text_col, trained.label_col, names, trained.multi_label,
-                                 trained.text_col2, predict_tasks(trained))
+        import predict
+        data = predict.load_truth(cfg.check, trained, names, predict_tasks(trained))
         # several tasks: the graphs are checked on the texts; the scores below are single-task only
         return data.texts, data.texts2, None if predict_tasks(trained) else data.labels
     return PARITY_TEXTS, (PARITY_TEXTS[::-1] if trained.text_col2 else None), None
@@ -122,7 +122,8 @@ def build_export(stage, cfg, model, tokenizer, trained, names, extra, reference,
         scores[f"onnx {kind}"] = probs
     if labels is not None:
         print_scores(scores, labels, names, trained, extra)
-    for name in COPIED:
+    from label_groups import FOLDER_FILE
+    for name in COPIED + ((FOLDER_FILE,) if trained._label_groups else ()):
         src = os.path.join(cfg.save_path, name)
         (shutil.copytree if os.path.isdir(src) else shutil.copy2)(src, os.path.join(stage, name))
     with open(os.path.join(stage, "export.json"), "w", encoding="utf-8") as f:
@@ -142,6 +143,9 @@ def build_hf_export(stage, cfg, model, tokenizer, trained, names, extra, referen
     if predict_tasks(trained):
         raise InputError(f"--format hf: this model has several tasks ({trained.label_col}) on one encoder, and a "
                          "Hugging Face sequence classifier has one; export --format onnx")
+    if trained._label_groups:
+        raise InputError("--format hf: this model reads its classes out as groups (--label_groups), which a Hugging "
+                         "Face sequence classifier does not do; export --format onnx")
     if trained.long_text == "windows":
         raise InputError("--format hf: this model reads long texts in windows (--long_text windows) and pools their "
                          "logits, which a Hugging Face sequence classifier does not do; export --format onnx")

@@ -68,7 +68,8 @@ def takes_token_types(encoder: nn.Module, tokenizer) -> bool:
 
 
 class BertClassifier(nn.Module):
-    """encoder -> sentence vector (`pooling`) -> dropout -> linear head -> logits; sizes from the encoder's config."""
+    """encoder -> sentence vector (`pooling`) -> dropout -> linear head -> logits; sizes from the encoder's config.
+    With `read_out` set (--label_groups), evaluation turns the head's logits into their groups'."""
 
     def __init__(self, encoder: nn.Module, n_classes: int, pooling: str = "cls", dropout_p: float = 0.1,
                  window_pool: str = "mean"):
@@ -84,6 +85,7 @@ class BertClassifier(nn.Module):
         hidden = encoder.config.hidden_size
         self.dropout = FastDropout(dropout_p)  # nn.Dropout's result, with a cheaper mask on CPU
         self.classifier = nn.Linear(hidden * 4 if pooling == "cls_last4" else hidden, n_classes)
+        self.read_out = None  # --label_groups: label_groups.GroupReadOut, applied in evaluation only
 
     @property
     def n_features(self) -> int:
@@ -91,7 +93,8 @@ class BertClassifier(nn.Module):
 
     @property
     def n_classes(self) -> int:
-        return self.classifier.out_features
+        """Outputs in evaluation: the head's classes, or their groups with --label_groups."""
+        return self.read_out.n_groups if self.read_out is not None else self.classifier.out_features
 
     def takes_token_types(self, tokenizer) -> bool:
         return takes_token_types(self.encoder, tokenizer)
@@ -130,6 +133,8 @@ class BertClassifier(nn.Module):
         logits = self.classifier(self.dropout(features))
         if window_counts is not None:
             logits = pool_window_logits(logits, window_counts, self.window_pool)
+        if self.read_out is not None and not self.training:  # the loss learns the fine classes; the rest sees groups
+            logits = self.read_out(logits)
         return logits
 
     def freeze_encoder(self) -> None:

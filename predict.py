@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from calibrate import decide, probabilities
-from checkpoint import atomic_path, load_model, sha256_file, write_json
+from checkpoint import atomic_path, load_model, read_label_groups, sha256_file, write_json
 from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, run_cli
 from dataset import (PREDICT_EXTENSIONS, Collator, EncodedDataset, has_column, iter_predict_file, load_label_map,
                      load_labelled_file, tokenize)
@@ -145,6 +145,7 @@ def load_any_model(folder: str, device, precision: str = "auto"):
     else:
         loaded = load_model(folder, device)
     attach_tasks(loaded[2], loaded[3], loaded[4])
+    loaded[2]._label_groups = read_label_groups(folder)  # --label_groups: the classes behind the groups it predicts
     return loaded
 
 
@@ -156,6 +157,17 @@ def model_tasks(cfg: Config) -> list:
 def attach_tasks(cfg: Config, names: list, extra: dict) -> None:
     """Rebuild a multitask model's tasks (with their temperatures and thresholds) onto cfg, for model_tasks."""
     cfg._tasks = tasks_from_folder(cfg, names, extra) if is_multitask(cfg) else None
+
+
+def load_truth(path: str, cfg: Config, names: list, tasks: list = None):
+    """The labelled rows of `path` (dataset.LabelledData) as the model scores them: with --label_groups, the file
+    holds the classes the model learnt (as training files do) and the rows get their groups."""
+    groups = getattr(cfg, "_label_groups", None)
+    truth = load_labelled_file(path, cfg.text_col, cfg.label_col, groups.classes if groups else names,
+                               cfg.multi_label, cfg.text_col2, tasks)
+    if groups:
+        truth.labels = groups.group_labels(truth.labels, cfg.multi_label)
+    return truth
 
 
 def decided_labels(probs: np.ndarray, cfg: Config, names: list, extra: dict) -> list:
@@ -319,7 +331,7 @@ def main(argv=None) -> int:
         run.print(f"-p True: {torch.cuda.device_count()} GPU(s) on this machine, predicting in one process "
                   f"on {run.device}")
     model, tokenizer, cfg, names, extra = load_any_model(runtime["save_path"], run.device, run.precision)
-    check_label_map(given_names(maps_given, cfg, runtime), names, runtime)
+    check_label_map(given_names(maps_given, cfg, runtime), names, runtime, cfg._label_groups)
     for key, value in {**given, **runtime}.items():  # runtime settings and explicit overrides of the training config
         setattr(cfg, key, value)
     check_prediction_options(cfg, model, tokenizer)
@@ -365,9 +377,10 @@ def given_names(maps_given: list, cfg: Config, runtime: dict) -> list:
     return combined_names([type(t)(t.name, classes, t.multi_label, 0) for t, classes in zip(tasks, maps_given)])
 
 
-def check_label_map(names_given: list, names: list, runtime: dict) -> None:
-    """-d must be the label map the model was trained with (the model folder keeps its own copy)."""
-    if names_given != names:
+def check_label_map(names_given: list, names: list, runtime: dict, groups=None) -> None:
+    """-d must be the label map the model was trained with (the model folder keeps its own copy); a model trained
+    with --label_groups also takes a map of its groups."""
+    if names_given != names and not (groups and names_given == groups.classes):
         saved = os.path.join(runtime["save_path"], "classes.json")
         raise InputError(f"{runtime['dict_path']}: this label map differs from the one the model was trained with "
                          f"({saved}): {dict(enumerate(names_given))} vs {dict(enumerate(names))}")
@@ -429,8 +442,7 @@ def predict_one_input(src: str, dst: str, out_name: str, model, tokenizer, cfg: 
     labelled = cfg.report and (bool(present) if tasks else has_column(src, cfg.label_col))
     probs = [] if labelled else None
     # labels are checked before predicting, so a bad label costs no model time
-    truth = load_labelled_file(src, cfg.text_col, cfg.label_col, names, cfg.multi_label,
-                              cfg.text_col2, present) if labelled else None
+    truth = load_truth(src, cfg, names, present) if labelled else None
     stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra, probs)
     if labelled:
         folder = os.path.join(cfg.out_dir, f"report_{os.path.splitext(out_name)[0]}")

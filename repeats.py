@@ -25,6 +25,7 @@ from checkpoint import MANIFEST, commit_copy, sha256_file, verify_folder, write_
 from config import Config, InputError
 from dataset import split_keys, stratified_folds, stratify_keys, warn
 from ensemble import write_ensemble
+from label_groups import load_label_groups
 from metrics import is_better
 from resume import MAY_CHANGE
 from tasks import is_multitask, split_option, tasks_from_folder
@@ -235,8 +236,12 @@ def write_members_ensemble(cfg: Config, plans: list) -> dict:
     None with --cv, whose members validated on different folds."""
     from report import ensemble_calibration, ensemble_parts, ensemble_report
     names, _, valid = plans[0].data
+    labels = valid.labels
+    if cfg.label_groups:  # the members validated, and the ensemble predicts, the groups of the classes
+        groups = load_label_groups(cfg.label_groups, names, cfg.multi_label)
+        names, labels = groups.names, groups.group_labels(labels, cfg.multi_label)
     tasks = tasks_from_folder(cfg, names, {}) if is_multitask(cfg) else None
-    parts, why_not = (None, None) if cfg.cv else ensemble_parts([p.folder for p in plans], valid.labels, names,
+    parts, why_not = (None, None) if cfg.cv else ensemble_parts([p.folder for p in plans], labels, names,
                                                                 cfg.multi_label, tasks)
     if why_not:
         print(f"the ensemble gets no validation report of its own and the mean of the members' thresholds: {why_not}"

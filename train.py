@@ -35,6 +35,7 @@ from checkpoint import FolderLock, model_in_place, save_model, write_json, writi
 from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler, check_task_data,
                      check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_file,
                      split_keys, stratified_split, tokenize)
+from label_groups import GroupReadOut, load_label_groups
 from losses import make_loss, make_multitask_loss
 from metrics import compute_metrics, is_better
 from repeats import check_repeat_options, repeated, train_members
@@ -74,7 +75,12 @@ def check_options(cfg: Config) -> None:
               "--boost True needs --bert_finetuning False (vectors can only be cached from a frozen encoder)"),
              (not cfg.boost_cache or cfg.boost, "--boost_cache is the folder of the --boost cache: add --boost True"),
              (not os.path.exists(cfg.boost_cache) or os.path.isdir(cfg.boost_cache),
-              f"--boost_cache {cfg.boost_cache}: exists and is not a folder")]
+              f"--boost_cache {cfg.boost_cache}: exists and is not a folder"),
+             (not cfg.label_groups or not is_multitask(cfg), "--label_groups groups the classes of one task; it "
+                                                             "does not combine with several tasks (--label_col a,b)"),
+             (not cfg.label_groups or cfg.long_text != "windows", "--label_groups does not combine with --long_text "
+                                                                  "windows (a document's windows are pooled as logits "
+                                                                  "of the classes, not of their groups)")]
     for ok, message in rules + recipe_rules(cfg):
         if not ok:
             raise InputError(message)
@@ -120,6 +126,8 @@ def load_data(cfg: Config, whole: bool = False):
     if tasks is not None:
         return names, *split_tasks_data(cfg, train, loaded.get(cfg.valid_path), tasks, whole)
     check_training_data(cfg.train_path, train, names, cfg.multi_label)
+    if cfg.label_groups:
+        load_label_groups(cfg.label_groups, names, cfg.multi_label)  # its problems before anything heavy starts
     if cfg.valid_path:
         valid = loaded[cfg.valid_path]
         check_validation_data(cfg.valid_path, train, valid, names, cfg.multi_label)
@@ -210,6 +218,8 @@ def train(cfg: Config, stop: StopRequest, data: tuple = None) -> int:
     run = start_run(cfg)
     seed_everything(cfg.seed)
     model, tokenizer, model_path = build_model(cfg, len(names), run)
+    # what validation, the best epoch, calibration and the saved model see: the classes, or their groups
+    out_names, valid_labels = attach_read_out(model, cfg, names, valid_data.labels, run)
     phases.mark("load the model")
     train_set = encode_rows(train_data, model, tokenizer, model_path, cfg, run, training=True)
     valid_set = encode_rows(valid_data, model, tokenizer, model_path, cfg, run)
@@ -223,6 +233,8 @@ def train(cfg: Config, stop: StopRequest, data: tuple = None) -> int:
     training = Training.build(cfg, run, wrap_for_parallel(model, cfg, run), loss_fn, train_set,
                               Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label, tasks), stop)
     training.tasks = tasks
+    if cfg.label_groups:  # the groups' validation loss is the plain one; the training loss is the classes'
+        training.valid_loss_fn = torch.nn.BCEWithLogitsLoss() if cfg.multi_label else torch.nn.CrossEntropyLoss()
     valid_loader = training.loader(BucketBatchSampler(valid_set.lengths(), cfg.batch_size * 4, False, 0,
                                                       run.world_size, run.rank, costs=costs(valid_set)), valid_set)
     print_startup(cfg, run, training, model_path, train_data, valid_data, names, encode_s)
@@ -242,17 +254,17 @@ def train(cfg: Config, stop: StopRequest, data: tuple = None) -> int:
             with training.validated_weights():
                 logits = engine.evaluate(training.model, valid_loader, run, len(valid_set))
                 phases.mark("validate")
-                record = score_epoch(training, epoch, stats, logits, valid_data.labels, len(names))
+                record = score_epoch(training, epoch, stats, logits, valid_labels, len(out_names))
                 improved = keep_if_best(training, record, logits)
                 print_epoch(run, record, improved, training.tasks)
                 if improved and run.is_main:
-                    save_model(cfg.save_path, model, tokenizer, cfg, names, {"temperature": 1.0})
+                    save_model(cfg.save_path, model, tokenizer, cfg, out_names, {"temperature": 1.0})
             training.end_epoch(epoch)
             phases.mark("save")
             if stop.stopping:
                 return stopped(run, stop, f"stopped after epoch {epoch}")
         with writing(cfg.save_path):
-            finish(cfg, run, progress, valid_data.labels, names, training.tasks)
+            finish(cfg, run, progress, valid_labels, out_names, training.tasks)
         phases.mark("calibrate and report")
         run.print(phases.summary())
         return 0
@@ -302,6 +314,19 @@ def build_model(cfg: Config, n_classes: int, run):
     if cfg.pooling != "pooler" and getattr(encoder, "pooler", None) is not None:
         encoder.pooler.requires_grad_(False)  # unused by this pooling: DDP would wait for its gradients forever
     return model.to(run.device), tokenizer, model_path
+
+
+def attach_read_out(model, cfg: Config, names: list, valid_labels: list, run) -> tuple:
+    """--label_groups: the model's outputs in evaluation become the groups of `names` (label_groups.py); returns
+    (output names, validation labels): the groups and the rows' groups, or `names` and `valid_labels` as given."""
+    if not cfg.label_groups:
+        return names, valid_labels
+    groups = load_label_groups(cfg.label_groups, names, cfg.multi_label)
+    model.read_out = GroupReadOut(groups, cfg.multi_label).to(run.device)
+    run.print(f"label groups ({cfg.label_groups}): the head learns {len(names)} classes; validation, calibration "
+              f"and predictions use their {len(groups.names)} groups ({', '.join(groups.names[:8])}"
+              f"{', ...' if len(groups.names) > 8 else ''})")
+    return groups.names, groups.group_labels(valid_labels, cfg.multi_label)
 
 
 def encode_rows(data, model, tokenizer, model_path: str, cfg: Config, run, training: bool = False):
@@ -370,6 +395,7 @@ class Training:
     split: SplitBatchSampler = None  # this epoch's batches, cut into `parts`
     tasks: list = None  # several tasks (tasks.Task) on one encoder, else None
     average: engine.WeightAverage = None  # --ema: the averaged weights, validated and saved
+    valid_loss_fn: torch.nn.Module = None  # --label_groups: the groups' loss in validation, else loss_fn
 
     def validated_weights(self):
         """The weights to validate and save: --ema's average, swapped in for the block; else the trained ones."""
@@ -525,11 +551,12 @@ def score_epoch(training: Training, epoch: int, stats: dict, logits: torch.Tenso
                 n_classes: int) -> dict:
     """The epoch's record, added to the history and to log.csv: train loss, validation metrics, throughput."""
     run, cfg = training.run, training.cfg
+    loss_fn = training.valid_loss_fn or training.loss_fn
     if training.tasks:
-        metrics = task_metrics(training.tasks, logits, labels, training.loss_fn.cpu())
+        metrics = task_metrics(training.tasks, logits, labels, loss_fn.cpu())
     else:
-        metrics = compute_metrics(logits, labels, training.loss_fn.cpu(), cfg.multi_label, n_classes)
-    training.loss_fn.to(run.device)
+        metrics = compute_metrics(logits, labels, loss_fn.cpu(), cfg.multi_label, n_classes)
+    loss_fn.to(run.device)
     record = {"epoch": epoch, "train_loss": stats["loss"], **{f"valid_{k}": v for k, v in metrics.items()},
               "train_samples_per_s": stats["samples"] / stats["seconds"],
               "train_tokens_per_s": stats["tokens"] / stats["seconds"]}

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from accuracy import convert_taxonomy  # noqa: E402
+from accuracy import convert_taxonomy, fine_map  # noqa: E402
 from common import ROOT, load_average, print_table  # noqa: E402
 from compare import paired_interval, verdict  # noqa: E402
 
@@ -42,10 +42,15 @@ RECIPES = {"baseline": [], "llrd_0.9": ["--llrd", "0.9"], "reinit_1": ["--reinit
            # one encoder with a head per taxonomy, trained on the labels of all three (the other two as more tasks
            # on the same rows: GoEmotions labels every comment in every taxonomy); scored on this taxonomy's head
            "all_taxonomies": ["--train_path", "$train_all", "--valid_path", "$dev_all", "--label_col",
-                              "emotion,$other_taxonomies", "-d", "$classes,$other_label_maps"]}
+                              "emotion,$other_taxonomies", "-d", "$classes,$other_label_maps"],
+           # Ekman or the sentiment groups: learn the 28 original emotions of the same rows, validate, calibrate and
+           # predict their groups (--label_groups, the grouping accuracy.py's fine_map derives)
+           "from_original": ["--train_path", "$train_all", "--valid_path", "$dev_all", "--label_col", "original",
+                             "-d", "$classes_original", "--label_groups", "$fine_map"]}
 # recipes of several tasks: train.py reports each in report/<task>/, this taxonomy's as the task `emotion`, and the
 # data needs the other taxonomies' labels (convert_taxonomy's with_other_taxonomies)
 MULTITASK_RECIPES = ("all_taxonomies",)
+OTHER_TAXONOMY_RECIPES = MULTITASK_RECIPES + ("from_original",)
 DEFAULT_RECIPES = ("llrd_0.9", "reinit_1", "ema_0.99", "focal", "asl")
 SCORES = ("macro_f1_cross_fitted", "macro_f1", "macro_f1_at_0.5")
 
@@ -143,6 +148,8 @@ def summary_rows(results: dict, seeds: list) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if "from_original" in args.only.split(",") and args.taxonomy == "original":
+        raise SystemExit("--only from_original: reads the original emotions out as --taxonomy ekman or group")
     args.work_dir = args.work_dir or tempfile.mkdtemp(prefix="recipes_")
     seeds = list(range(args.seed, args.seed + args.seeds))
     recipes = ["baseline"] + [r for r in args.only.split(",") if r and r != "baseline"]
@@ -150,7 +157,11 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"--only: no recipe {', '.join(unknown)}; the recipes are {', '.join(RECIPES)}")
     paths = convert_taxonomy(args.taxonomy, os.path.join(args.work_dir, "data"), args.train_rows,
-                             with_other_taxonomies=any(r in MULTITASK_RECIPES for r in recipes))
+                             with_other_taxonomies=any(r in OTHER_TAXONOMY_RECIPES for r in recipes))
+    if "from_original" in recipes:
+        paths["fine_map"] = os.path.join(args.work_dir, "data", "fine_map.json")
+        with open(paths["fine_map"], "w", encoding="utf-8") as f:
+            json.dump(fine_map(args.taxonomy), f, indent=2)
     print(f"{args.taxonomy} multi-label, {args.train_rows or 'all'} training rows, {args.n_epochs} epoch(s), seeds "
           f"{seeds}, work dir {args.work_dir}; load average {load_average()}", flush=True)
     results = {r: {s: run_one(args, paths, r, s) for s in seeds} for r in recipes}
