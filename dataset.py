@@ -57,9 +57,8 @@ def load_label_map(path: str) -> list:
             raise InputError(f"{where}: id {json.dumps(idx)} is not an integer")
         if idx in ids:
             raise InputError(f"{where}: id {idx} is already used by '{ids[idx]}'")
-        if INT_RE.match(name.strip()) and int(name) != idx:
-            raise InputError(f"{where}: a class named like the number {name} must have id {name}, not {idx} "
-                             "(labels in the CSV would be ambiguous)")
+        if problem := number_name_problem(name, idx):
+            raise InputError(f"{where}: {problem}")
         names_seen[name] = idx
         ids[idx] = name
     if len(ids) < 2:
@@ -70,6 +69,14 @@ def load_label_map(path: str) -> list:
                          f"{', '.join(map(str, missing[:10]))} (found {', '.join(map(str, sorted(ids)[:10]))}"
                          f"{'...' if len(ids) > 10 else ''})")
     return [ids[i] for i in range(len(ids))]
+
+
+def number_name_problem(name: str, idx: int) -> str:
+    """Why a class named like a number cannot have id `idx` (labels in the CSV would be ambiguous), or ''."""
+    if INT_RE.match(name.strip()) and int(name) != idx:
+        return f"a class named like the number {name} must have id {name}, not {idx} (labels in the CSV would be " \
+               "ambiguous)"
+    return ""
 
 
 # ------------------------------------------------------------------------------------------------ reading

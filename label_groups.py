@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from config import InputError
+from dataset import number_name_problem
 
 FOLDER_FILE = "label_groups.json"  # in model folders, ensembles and exports: {"classes": [...], "groups": {...}}
 
@@ -71,6 +72,11 @@ def load_label_groups(path: str, classes: list, multi_label: bool) -> LabelGroup
         where = f"--label_groups {path}, group '{name}'"
         if name in groups:
             raise InputError(f"{where}: the group appears twice")
+        if not name.strip():
+            raise InputError(f"--label_groups {path}: a group name is empty")
+        if number_name_problem(name, len(groups)):  # the groups become the model's classes, ids in map order
+            raise InputError(f"{where}: a group named like a number must come at that place in the map, counted "
+                             f"from 0 (it comes at {len(groups)}); labels naming it would be ambiguous")
         if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
             raise InputError(f"{where}: expected a non-empty list of class names of -d")
         unknown = [m for m in members if m not in classes]
@@ -110,14 +116,20 @@ class GroupReadOut(nn.Module):
     def n_groups(self) -> int:
         return self.membership.shape[1]
 
+    def group_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """(rows, classes) -> (rows, groups) sums over each group's classes, in float32 always: elementwise, not a
+        matrix product, which autocast would run in bf16 or fp16 (a small sum rounded to 0 makes a logit -inf) and
+        onnxruntime's int8 quantisation would quantise with one scale per batch."""
+        return (values.unsqueeze(2) * self.membership).sum(dim=1)
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        tiny = torch.finfo(torch.float32).tiny
         if self.multi_label:
             # s = -log(1 - p(group)) = the sum of softplus; the group's logit is log(exp(s) - 1). ONNX has no expm1:
-            # below 0.01 its Taylor series, above it s + log(1 - exp(-s)), both exact to float32's precision
-            s = (nn.functional.softplus(logits) @ self.membership).clamp_min(torch.finfo(torch.float32).tiny)
+            # below 0.01 its Taylor series, above it s + log(1 - exp(-s)), both within a few float32 ulps
+            s = self.group_sums(nn.functional.softplus(logits)).clamp_min(tiny)
             small = torch.log(s * (1 + s / 2 + s * s / 6))
             return torch.where(s < 0.01, small, s + torch.log(1 - torch.exp(-s.clamp_min(0.01))))
         top = logits.max(dim=1, keepdim=True).values
-        summed = (torch.exp(logits - top) @ self.membership).clamp_min(torch.finfo(torch.float32).tiny)
-        return torch.log(summed) + top
+        return torch.log(self.group_sums(torch.exp(logits - top)).clamp_min(tiny)) + top

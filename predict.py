@@ -382,8 +382,9 @@ def check_label_map(names_given: list, names: list, runtime: dict, groups=None) 
     with --label_groups also takes a map of its groups."""
     if names_given != names and not (groups and names_given == groups.classes):
         saved = os.path.join(runtime["save_path"], "classes.json")
+        trained = f" (or its classes' map {groups.classes})" if groups else ""
         raise InputError(f"{runtime['dict_path']}: this label map differs from the one the model was trained with "
-                         f"({saved}): {dict(enumerate(names_given))} vs {dict(enumerate(names))}")
+                         f"({saved}): {dict(enumerate(names_given))} vs {dict(enumerate(names))}{trained}")
 
 
 def check_prediction_options(cfg: Config, model, tokenizer) -> None:

@@ -178,7 +178,10 @@ def load_resumable(folder: str, cfg, run, state: dict = None) -> dict:
     """The saved state, after checking that it belongs to this run's settings and number of processes."""
     state = read_state(folder) if state is None else state
     saved, now = state["config"], dataclasses.asdict(cfg)
-    changed = sorted(k for k in now if k not in MAY_CHANGE and k in saved and saved[k] != now[k])
+    # an option newer than the checkpoint was, in effect, at its default when it was written
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    saved = {**{k: defaults[k] for k in now if k not in saved}, **saved}
+    changed = sorted(k for k in now if k not in MAY_CHANGE and saved[k] != now[k])
     if changed:
         raise InputError(f"--resume {folder}: the checkpoint was trained with other settings: "
                          + ", ".join(f"--{k} {saved[k]} (now {now[k]})" for k in changed))

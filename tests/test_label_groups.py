@@ -35,6 +35,19 @@ def test_single_label_read_out_sums_the_classes_softmax_probabilities():
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-30)
 
 
+@pytest.mark.parametrize("multi_label", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_read_out_stays_float32_under_autocast(multi_label, dtype):
+    """Validation and prediction run under autocast: a group sum in bf16 or fp16 would round a small one to 0."""
+    from label_groups import GroupReadOut, LabelGroups
+    read_out = GroupReadOut(LabelGroups(["a", "b", "c"], {"x": ["a", "b"], "y": ["c"]}), multi_label)
+    logits = torch.tensor([[-30.0, -20.0, 50.0], [-40.0, -45.0, -5.0], [3.0, -1.0, -0.001]])
+    with torch.autocast("cpu", dtype=dtype):
+        under_autocast = read_out(logits)
+    assert under_autocast.dtype == torch.float32 and torch.all(torch.isfinite(under_autocast))
+    assert torch.equal(under_autocast, read_out(logits))
+
+
 def test_group_labels_of_fine_labels():
     from label_groups import LabelGroups
     groups = LabelGroups(["anger", "joy", "sadness"], GROUPS)
@@ -191,6 +204,9 @@ def test_onnx_export_reads_the_groups_out_and_hf_export_refuses(tmp_path, tiny_b
     ({"all": ["anger", "sadness", "joy"]}, True, "needs at least two groups, found 1"),
     ({"negative": [], "positive": ["joy"]}, True, "group 'negative': expected a non-empty list of class names"),
     (["anger"], True, "expected a JSON object"),
+    ({"1": ["anger", "sadness"], "0": ["joy"]}, True, "group '1': a group named like a number must come at that "
+                                                      "place in the map, counted from 0 (it comes at 0)"),
+    ({" ": ["anger", "sadness"], "positive": ["joy"]}, True, "a group name is empty"),
 ])
 def test_bad_groups_are_one_line_exit_2_nothing_written(tmp_path, tiny_bert, groups, multi_label, message):
     import train
@@ -239,3 +255,17 @@ def test_boost_and_folds_validate_on_the_groups(tmp_path, tiny_bert):
             assert set(json.load(f)["per_class"]) >= {"negative", "positive"}
     with open(os.path.join(task["save"], "classes.json")) as f:
         assert list(json.load(f)) == ["negative", "positive"]
+
+
+def test_a_checkpoint_older_than_an_option_resumes_only_with_that_option_at_its_default():
+    import dataclasses
+    from types import SimpleNamespace
+
+    from config import Config, InputError
+    from resume import load_resumable
+    older = dataclasses.asdict(Config())
+    del older["label_groups"]  # written before --label_groups existed
+    state, run = {"config": older, "world_size": 1}, SimpleNamespace(world_size=1)
+    assert load_resumable("step-5", Config(), run, state) is state
+    with pytest.raises(InputError, match="trained with other settings: --label_groups  \\(now groups.json\\)"):
+        load_resumable("step-5", Config(label_groups="groups.json"), run, state)
