@@ -34,31 +34,15 @@ def warn(message: str) -> None:
 # ----------------------------------------------------------------------------------------------- label map
 def load_label_map(path: str) -> list:
     """Class names ordered by id, from a JSON object {name: id} whose ids are 0..n-1."""
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: label map not found" + (" (it is a folder)" if os.path.isdir(path) else ""))
-    try:
-        with open(path, "rb") as f:
-            text = _decode_utf8(f.read(), path)
-        pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})")
-    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting thousands deep
-        raise InputError(f"{path}: not a usable JSON label map ({str(e).split(';')[0]})")
-    if not isinstance(pairs, list) or (pairs and not all(isinstance(p, tuple) for p in pairs)):
-        raise InputError(f"{path}: expected a JSON object {{\"class name\": id, ...}}, got {type(pairs).__name__}")
+    pairs = read_json_pairs(path, path, "label map", '{"class name": id, ...}')
     names_seen, ids = {}, {}
     for name, idx in pairs:
         where = f"{path}, key '{name}'"
-        if name in names_seen:
-            raise InputError(f"{where}: class name appears twice")
-        if not name.strip():
-            raise InputError(f"{path}: a class name is empty")
         if isinstance(idx, bool) or not isinstance(idx, int):
             raise InputError(f"{where}: id {json.dumps(idx)} is not an integer")
         if idx in ids:
             raise InputError(f"{where}: id {idx} is already used by '{ids[idx]}'")
-        if problem := number_name_problem(name, idx):
-            raise InputError(f"{where}: {problem}")
+        check_map_key(path, name, names_seen, idx, "class", "id")
         names_seen[name] = idx
         ids[idx] = name
     if len(ids) < 2:
@@ -71,12 +55,36 @@ def load_label_map(path: str) -> list:
     return [ids[i] for i in range(len(ids))]
 
 
-def number_name_problem(name: str, idx: int) -> str:
-    """Why a class named like a number cannot have id `idx` (labels in the CSV would be ambiguous), or ''."""
+def read_json_pairs(path: str, where: str, what: str, expected: str) -> list:
+    """The (key, value) pairs of the JSON object in `path`, in file order, repeated keys kept for the caller to
+    name; every problem is one InputError line that starts with `where`."""
+    if not os.path.isfile(path):
+        raise InputError(f"{where}: {what} not found" + (" (it is a folder)" if os.path.isdir(path) else ""))
+    try:
+        with open(path, "rb") as f:
+            text = _decode_utf8(f.read(), path)
+        pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
+    except OSError as e:
+        raise InputError(f"{where}: cannot read the {what} ({e.strerror or e})")
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})")
+    except (ValueError, RecursionError) as e:  # a number of thousands of digits, nesting thousands deep
+        raise InputError(f"{where}: not a usable JSON {what} ({str(e).split(';')[0]})")
+    if not isinstance(pairs, list) or (pairs and not all(isinstance(p, tuple) for p in pairs)):
+        raise InputError(f"{where}: expected a JSON object {expected}, got {type(pairs).__name__}")
+    return pairs
+
+
+def check_map_key(where: str, name: str, seen, idx: int, kind: str, id_name: str) -> None:
+    """A key of a label map (kind "class") or of a groups map (kind "group", whose id is its place in the map): not
+    repeated, not empty, and named like a number only if that number is its id (labels would be ambiguous)."""
+    if name in seen:
+        raise InputError(f"{where}, key '{name}': {kind} name appears twice")
+    if not name.strip():
+        raise InputError(f"{where}: a {kind} name is empty")
     if INT_RE.match(name.strip()) and int(name) != idx:
-        return f"a class named like the number {name} must have id {name}, not {idx} (labels in the CSV would be " \
-               "ambiguous)"
-    return ""
+        raise InputError(f"{where}, key '{name}': a {kind} named like the number {name} must have {id_name} {name}, "
+                         f"not {idx} (labels in the CSV would be ambiguous)")
 
 
 # ------------------------------------------------------------------------------------------------ reading

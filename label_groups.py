@@ -13,14 +13,13 @@ classes taken as independent), whose logit is log(expm1(S)) with S = sum of soft
 Single-label: p(group) is the sum of its classes' softmax probabilities, whose logit is their logsumexp; the groups
 must then split the classes, each in exactly one.
 """
-import json
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from config import InputError
-from dataset import number_name_problem
+from dataset import check_map_key, read_json_pairs
 
 FOLDER_FILE = "label_groups.json"  # in model folders, ensembles and exports: {"classes": [...], "groups": {...}}
 
@@ -56,27 +55,12 @@ class LabelGroups:
 
 def load_label_groups(path: str, classes: list, multi_label: bool) -> LabelGroups:
     """The --label_groups map at `path`, checked against the fine classes of -d; every problem is one line."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            pairs = json.load(f, object_pairs_hook=lambda kv: kv)
-    except OSError as e:
-        raise InputError(f"--label_groups {path}: cannot read it ({e.strerror or e})")
-    except json.JSONDecodeError as e:
-        raise InputError(f"--label_groups {path}, line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})")
-    except (ValueError, RecursionError) as e:
-        raise InputError(f"--label_groups {path}: not a usable JSON map ({str(e)[:200]})")
-    if not isinstance(pairs, list) or not all(isinstance(p, tuple) for p in pairs):
-        raise InputError(f"--label_groups {path}: expected a JSON object {{\"group\": [\"class of -d\", ...], ...}}")
+    pairs = read_json_pairs(path, f"--label_groups {path}", "groups map", '{"group": ["class of -d", ...], ...}')
     groups = {}
     for name, members in pairs:
+        # the groups become the model's classes, their ids the order of the map
+        check_map_key(f"--label_groups {path}", name, groups, len(groups), "group", "place (from 0) in the map")
         where = f"--label_groups {path}, group '{name}'"
-        if name in groups:
-            raise InputError(f"{where}: the group appears twice")
-        if not name.strip():
-            raise InputError(f"--label_groups {path}: a group name is empty")
-        if number_name_problem(name, len(groups)):  # the groups become the model's classes, ids in map order
-            raise InputError(f"{where}: a group named like a number must come at that place in the map, counted "
-                             f"from 0 (it comes at {len(groups)}); labels naming it would be ambiguous")
         if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
             raise InputError(f"{where}: expected a non-empty list of class names of -d")
         unknown = [m for m in members if m not in classes]

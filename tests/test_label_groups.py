@@ -204,8 +204,8 @@ def test_onnx_export_reads_the_groups_out_and_hf_export_refuses(tmp_path, tiny_b
     ({"all": ["anger", "sadness", "joy"]}, True, "needs at least two groups, found 1"),
     ({"negative": [], "positive": ["joy"]}, True, "group 'negative': expected a non-empty list of class names"),
     (["anger"], True, "expected a JSON object"),
-    ({"1": ["anger", "sadness"], "0": ["joy"]}, True, "group '1': a group named like a number must come at that "
-                                                      "place in the map, counted from 0 (it comes at 0)"),
+    ({"1": ["anger", "sadness"], "0": ["joy"]}, True, "key '1': a group named like the number 1 must have place "
+                                                      "(from 0) in the map 1, not 0"),
     ({" ": ["anger", "sadness"], "positive": ["joy"]}, True, "a group name is empty"),
 ])
 def test_bad_groups_are_one_line_exit_2_nothing_written(tmp_path, tiny_bert, groups, multi_label, message):
@@ -225,6 +225,10 @@ def test_groups_that_are_not_json_or_combine_with_what_they_cannot(tmp_path, tin
         f.write('{"negative": ["anger",\n  "sadness"')
     code, _, err = call(train.main, task["args"])
     assert code == 2 and "line 2, column" in err and "not valid JSON" in err
+    with open(task["groups"], "w") as f:
+        f.write('{"negative": ["anger", "sadness"], "positive": ["joy"], "negative": ["joy"]}')
+    code, _, err = call(train.main, task["args"])
+    assert code == 2 and "key 'negative': group name appears twice" in err
     code, _, err = call(train.main, [*task["args"], "--long_text", "windows"])
     assert code == 2 and "--label_groups does not combine with --long_text windows" in err
     code, _, err = call(train.main, [*task["args"], "--label_col", "emotion,sentiment"])
