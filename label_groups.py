@@ -5,8 +5,8 @@
 The head learns every class of -d from the fine labels of the training file; in evaluation the model outputs one
 logit per group instead, so validation, the best epoch, calibration, thresholds, reports, predict.py, the Python
 API and the ONNX export all see the groups. GoEmotions' Ekman and sentiment taxonomies are such groupings of its
-28 emotions (bench/accuracy.py --write_fine_map writes the maps), and reading a 28-emotion model out as the
-sentiment groups scored above the groups' own model (bench/README.md).
+28 emotions (bench/accuracy.py --write_fine_map writes the maps); read out as the sentiment groups, a 28-emotion
+model scores as the groups' own model does (three seeds each, bench/README.md), and gives both from one model.
 
 Multi-label: a group is present when any of its classes is, p(group) = 1 - prod(1 - p(class)) (the sigmoid head's
 classes taken as independent), whose logit is log(expm1(S)) with S = sum of softplus(logit) over the group.
