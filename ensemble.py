@@ -48,13 +48,8 @@ class Ensemble:
 def is_ensemble(folder: str) -> bool:
     """Whether the manifest of `folder` lists ensemble.json (a file left behind by a later model's commit, which
     no longer lists it, does not count)."""
-    if not os.path.isfile(os.path.join(folder, ENSEMBLE_FILE)):
-        return False
-    try:
-        with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
-            return ENSEMBLE_FILE in json.load(f)["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+    from checkpoint import MANIFEST, listed_in_manifest
+    return os.path.isfile(os.path.join(folder, MANIFEST)) and listed_in_manifest(folder, ENSEMBLE_FILE)
 
 
 def member_entries(folder: str) -> list:

@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     except ImportError as e:
         raise InputError(f"export.py needs onnx and onnxruntime ({e.name} is missing): "
                          "pip install onnx onnxruntime onnxscript")
-    from checkpoint import load_model, read_label_groups
+    from checkpoint import load_model
     from ensemble import is_ensemble
     from runtime import setup_run
     if is_ensemble(cfg.save_path):
@@ -55,8 +55,7 @@ def main(argv=None) -> int:
     run = setup_run("cpu", "fp32")  # the reference the graphs are checked against
     model, tokenizer, trained, names, extra = load_model(cfg.save_path, run.device)
     import predict
-    predict.attach_tasks(trained, names, extra)
-    trained._label_groups = read_label_groups(cfg.save_path)
+    predict.attach_settings(cfg.save_path, trained, names, extra)
     trained.batch_size = 32
     texts, texts2, labels = parity_set(cfg, trained, names)
     reference = predict.predict_probabilities(model, tokenizer, texts, trained.max_length, 32, run,

@@ -144,8 +144,7 @@ def load_any_model(folder: str, device, precision: str = "auto"):
         loaded = load_ensemble(folder, device)
     else:
         loaded = load_model(folder, device)
-    attach_tasks(loaded[2], loaded[3], loaded[4])
-    loaded[2]._label_groups = read_label_groups(folder)  # --label_groups: the classes behind the groups it predicts
+    attach_settings(folder, *loaded[2:])
     return loaded
 
 
@@ -154,9 +153,11 @@ def model_tasks(cfg: Config) -> list:
     return getattr(cfg, "_tasks", None)
 
 
-def attach_tasks(cfg: Config, names: list, extra: dict) -> None:
-    """Rebuild a multitask model's tasks (with their temperatures and thresholds) onto cfg, for model_tasks."""
+def attach_settings(folder: str, cfg: Config, names: list, extra: dict) -> None:
+    """Keep on cfg what the model folder holds beside its options: a multitask model's tasks (with their
+    temperatures and thresholds, for model_tasks), and with --label_groups the classes behind its groups."""
     cfg._tasks = tasks_from_folder(cfg, names, extra) if is_multitask(cfg) else None
+    cfg._label_groups = read_label_groups(folder)
 
 
 def load_truth(path: str, cfg: Config, names: list, tasks: list = None):
