@@ -2,7 +2,7 @@
 
 `write_report(folder, ...)` writes, for one labelled set of predictions:
     metrics.json                 every number (accuracy, macro-F1, per-class scores, ECE, the run's history)
-    classification_report.txt    sklearn's per-class precision, recall, F1 and support, as sklearn prints it
+    classification_report.txt    per-class precision, recall, F1 and support, as sklearn's classification_report
     confusion_matrix.png         true class (rows) vs predicted class (columns), counts and row-normalised colour;
                                  multi-label: how often a row with true class i was given class j; beyond
                                  CONFUSION_DRAW_LIMIT classes, the most confused ones
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import calibrate
-from metrics import confusion, evaluate_predictions
+from metrics import confusion, evaluate_predictions, macro_f1
 
 CONFUSION_NAME_LIMIT = 40  # beyond this many classes the matrix is drawn without per-cell numbers
 # Beyond this many classes the figure shows the most confused ones only: a drawing grows with the square of the
@@ -236,12 +236,10 @@ def calibrated_report(folder: str, logits, labels: list, names: list, multi_labe
 def threshold_scores(probs: np.ndarray, labels: list, names: list, thresholds: list) -> dict:
     """Multi-label: the tuned thresholds by class name, the macro-F1 at 0.5, and the cross-fitted macro-F1
     (thresholds tuned on one half of the rows, scored on the other: the score to expect on new rows)."""
-    from sklearn.metrics import f1_score
     y = calibrate.target_matrix(labels, len(names))
     return {"thresholds": dict(zip(names, thresholds)),
             "macro_f1_at_0.5": evaluate_predictions(probs, labels, names, True)["macro_f1"],
-            "macro_f1_cross_fitted": float(f1_score(y, calibrate.cross_fitted_predictions(probs, y),
-                                                    average="macro", zero_division=0))}
+            "macro_f1_cross_fitted": macro_f1(y, calibrate.cross_fitted_predictions(probs, y), len(names))}
 
 
 def score_summary(metrics: dict, multi_label: bool) -> str:

@@ -57,6 +57,35 @@ def test_fallback_never_yields_an_empty_prediction_unless_allowed():
     assert calibrate.decide(probs, True, thresholds, allow_empty=True).sum() == 0
 
 
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_scores_and_report_are_sklearns_without_importing_it(multi_label):
+    """metrics.py writes accuracy, macro-F1, the confusion matrix and classification_report out in numpy (importing
+    sklearn.metrics cost 0.9 s a run); random decisions of every shape give sklearn's numbers and text."""
+    from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+    import metrics
+    rng = np.random.default_rng(7)
+    for trial in range(150):
+        n, rows = int(rng.integers(2 if multi_label else 1, 9)), int(rng.integers(1, 60))
+        names = [f"class_{i}" * int(rng.integers(1, 3)) for i in range(n)]
+        if multi_label:
+            y, pred = ((rng.random((rows, n)) < rng.random()).astype(int) for _ in range(2))
+        else:
+            y, pred = rng.integers(0, n, rows), rng.integers(0, n, rows)
+        common = {"labels": list(range(n)), "zero_division": 0}
+        text, table = metrics.classification_report(y, pred, names)
+        expected = classification_report(y, pred, target_names=names, output_dict=True, **common)
+        assert table.keys() == expected.keys()
+        for key, value in expected.items():
+            assert (table[key] == pytest.approx(value, abs=1e-12)) if isinstance(value, float) else \
+                all(table[key][k] == pytest.approx(v, abs=1e-12) for k, v in value.items())
+        if multi_label or (y == pred).any():  # with no row right sklearn prints its supports as floats (2.0)
+            assert text == classification_report(y, pred, target_names=names, digits=4, **common)
+        assert metrics.macro_f1(y, pred, n) == pytest.approx(f1_score(y, pred, average="macro", **common), abs=1e-12)
+        assert metrics.accuracy(y, pred) == pytest.approx(accuracy_score(y, pred), abs=1e-12)
+        if not multi_label:
+            assert (metrics.confusion(y, pred, n, False) == confusion_matrix(y, pred, labels=list(range(n)))).all()
+
+
 def test_balanced_class_weights_match_their_formula():
     from losses import balanced_class_weights
     counts, n_rows = [50, 30, 20, 0], 100
