@@ -238,4 +238,4 @@ def replace_folder(stage: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, whole_process=True)

@@ -466,4 +466,4 @@ def print_totals(totals: dict, cfg: Config, run) -> None:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, whole_process=True)

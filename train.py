@@ -636,4 +636,4 @@ def finish(cfg: Config, run: Run, progress: Progress, labels: list, names: list,
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_cli(main, whole_process=True)
