@@ -24,10 +24,11 @@ def compute_metrics(logits: torch.Tensor, labels, loss_fn, multi_label: bool, n_
 
 
 # The scores below are scikit-learn's (accuracy_score, f1_score, classification_report with zero_division=0 and
-# every class of the label map), written out in numpy because importing sklearn.metrics took 0.9 s of every
-# run on the 2-core CPU (bench/README.md); tests/test_accuracy_parts.py checks them against sklearn itself.
+# every class of the label map), written out in numpy because importing sklearn.metrics took 0.4 s of every run
+# on the 2-core CPU (bench/README.md); tests/test_accuracy_parts.py checks them against sklearn itself.
 def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     """Share of rows predicted exactly (multi-label: every class of the row right)."""
+    y, pred = np.asarray(y), np.asarray(pred)
     right = (y == pred) if y.ndim == 1 else (y == pred).all(axis=1)
     return float(right.mean()) if len(right) else 0.0
 
@@ -46,6 +47,7 @@ def _prf(tp, predicted, true) -> tuple:
 
 def decision_counts(y: np.ndarray, pred: np.ndarray, n_classes: int) -> tuple:
     """Per class: (true positives, rows predicted as the class, rows of the class)."""
+    y, pred = np.asarray(y), np.asarray(pred)
     if y.ndim == 1:
         return (np.bincount(y[y == pred], minlength=n_classes), np.bincount(pred, minlength=n_classes),
                 np.bincount(y, minlength=n_classes))
@@ -61,11 +63,13 @@ def macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int) -> float:
 def classification_report(y: np.ndarray, pred: np.ndarray, names: list, digits: int = 4) -> tuple:
     """(text, dict) of sklearn's classification_report: per class precision, recall, F1 and support, then the
     accuracy (single-label) or the micro average (multi-label), the macro and weighted averages, and for
-    multi-label the mean over rows ("samples avg")."""
+    multi-label the mean over rows ("samples avg"). As sklearn's, to the digit, but for one case: when no
+    single-label row is right, sklearn prints its supports as floats (2.0); they stay counts here."""
+    y, pred = np.asarray(y), np.asarray(pred)
     counts = decision_counts(y, pred, len(names))
     scores, support = _prf(*counts), counts[2]
-    rows = {name: [float(scores[0][i]), float(scores[1][i]), float(scores[2][i]), int(support[i])]
-            for i, name in enumerate(names)}
+    rows = [(name, [float(scores[0][i]), float(scores[1][i]), float(scores[2][i]), int(support[i])])
+            for i, name in enumerate(names)]
     total = int(support.sum())
     micro = [float(v) for v in _prf(*(c.sum() for c in counts))]
     averages = {"accuracy" if y.ndim == 1 else "micro avg": micro + [total],
@@ -80,15 +84,15 @@ def classification_report(y: np.ndarray, pred: np.ndarray, names: list, digits: 
     row_fmt = "{:>{width}s} " + " {:>9.{digits}f}" * 3 + " {:>9}\n"
     text = "{:>{width}s} ".format("", width=width) + "".join(
         f" {h:>9}" for h in ("precision", "recall", "f1-score", "support")) + "\n\n"
-    text += "".join(row_fmt.format(name, *row, width=width, digits=digits) for name, row in rows.items()) + "\n"
+    text += "".join(row_fmt.format(name, *row, width=width, digits=digits) for name, row in rows) + "\n"
     for heading, row in averages.items():
         if heading == "accuracy":
             text += ("{:>{width}s} " + " {:>9.{digits}}" * 2 + " {:>9.{digits}f} {:>9}\n").format(
                 heading, "", "", row[2], row[3], width=width, digits=digits)
         else:
             text += row_fmt.format(heading, *row, width=width, digits=digits)
-    keys = ("precision", "recall", "f1-score", "support")
-    table = {name: dict(zip(keys, row)) for name, row in {**rows, **averages}.items()}
+    keys = ("precision", "recall", "f1-score", "support")  # every value a float in the dict, as sklearn's
+    table = {name: dict(zip(keys, map(float, row))) for name, row in [*rows, *averages.items()]}
     if "accuracy" in table:
         table["accuracy"] = micro[0]
     return text, table

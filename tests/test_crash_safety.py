@@ -88,8 +88,8 @@ def _kill_inside_a_save(entry, argv, out, rng, saves: int, save_s: float, attemp
 def drive(kind: str, work: str, kills: int, seed: int, argv: list) -> None:
     """Run `kind` (train or predict) once to the end, then `kills` more times, each SIGKILLed; keep a copy of
     the output folder after every kill under work/after_kill_N, and a log in work/kills.json."""
-    import sklearn.metrics  # noqa: F401  (lazy imports that every child would otherwise pay for again)
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, BertModel  # noqa: F401
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, BertModel  # noqa: F401  (lazy imports that
+    # every child would otherwise pay for again)
 
     import predict
     import train

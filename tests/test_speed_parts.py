@@ -528,7 +528,7 @@ def test_levers_bench_bf16_weights_keeps_float32_masters_and_writes_them_back_ro
 @pytest.mark.parametrize("outcome, code", [("0", 0), ("3", 3), ("bad", 2)])
 def test_a_whole_process_run_skips_the_last_garbage_collection_and_exits_as_before(tmp_path, outcome, code):
     """Entry points run as scripts freeze the garbage collector before exiting (its last pass over torch and
-    transformers took 1.0-1.4 s a run): main's exit code, flushed streams and atexit handlers (a profiler's dump, a
+    transformers took about 1.2 s a run): main's exit code, flushed streams and atexit handlers (a profiler's dump, a
     wrapper's report) are as before."""
     import subprocess
     import sys
