@@ -66,6 +66,8 @@ def usable_cpus(environ=os.environ) -> tuple:
 def configure(environ=os.environ) -> dict:
     """Set OMP_NUM_THREADS and GOMP_SPINCOUNT in `environ` unless the user set them (or torch is already loaded,
     when it is too late); returns (and keeps in CHOICE) what was chosen, for the start-up block."""
+    if environ is os.environ and CHOICE:  # chosen already: a second entry point loaded into this process (train.py's
+        return CHOICE                     # --teacher imports predict.py) keeps the first choice and its description
     late = "torch" in sys.modules
     count, why = usable_cpus(environ)
     if "OMP_NUM_THREADS" in environ:
