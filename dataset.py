@@ -379,6 +379,7 @@ class EncodedDataset(torch.utils.data.Dataset):
     def __init__(self, input_ids=None, labels=None, features=None, token_type_ids=None):
         self.input_ids, self.labels, self.features = input_ids, labels, features
         self.token_type_ids = token_type_ids
+        self.teacher_probs = None  # --teacher: (rows, classes) blended into each row's target (distill.py)
 
     def __len__(self):
         return len(self.features) if self.features is not None else len(self.input_ids)
@@ -393,10 +394,19 @@ class EncodedDataset(torch.utils.data.Dataset):
                 item["token_type_ids"] = self.token_type_ids[i]
         if self.labels is not None:
             item["labels"] = self.labels[i]
+        if self.teacher_probs is not None:
+            item["teacher_probs"] = self.teacher_probs[i]
         return item
 
     def lengths(self) -> list:
         return [1] * len(self) if self.features is not None else [len(ids) for ids in self.input_ids]
+
+
+def blend_targets(labels: torch.Tensor, soft: torch.Tensor, weight: float, n_classes: int) -> torch.Tensor:
+    """--teacher (distill.py): (1 - weight) x the labels (class ids, or a 0/1 matrix) + weight x the teacher's
+    probabilities (rows, classes): a probability target for cross-entropy, or a per-class one for BCE."""
+    hard = labels.float() if labels.dim() == 2 else torch.nn.functional.one_hot(labels, n_classes).float()
+    return (1 - weight) * hard + weight * soft
 
 
 @dataclass
@@ -406,6 +416,7 @@ class Collator:
     n_classes: int = 0
     multi_label: bool = False
     tasks: list = None  # several tasks (tasks.Task): labels become tasks.task_targets
+    teacher_weight: float = 0.0  # --teacher: the teacher's share of the targets of rows that carry its probabilities
 
     def __call__(self, items: list) -> dict:
         batch = {"index": torch.tensor([it["index"] for it in items])}
@@ -438,6 +449,9 @@ class Collator:
                 batch["labels"] = target
             else:
                 batch["labels"] = torch.tensor([it["labels"] for it in documents])
+            if "teacher_probs" in documents[0]:
+                batch["labels"] = blend_targets(batch["labels"], torch.stack([it["teacher_probs"] for it in documents]),
+                                                self.teacher_weight, self.n_classes)
         return batch
 
     @staticmethod

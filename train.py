@@ -35,6 +35,7 @@ from checkpoint import FolderLock, model_in_place, save_model, write_json, writi
 from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler, check_task_data,
                      check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_file,
                      split_keys, stratified_split, tokenize)
+from distill import teacher_rules, teacher_targets
 from label_groups import GroupReadOut, load_label_groups
 from losses import make_loss, make_multitask_loss
 from metrics import compute_metrics, is_better
@@ -81,7 +82,7 @@ def check_options(cfg: Config) -> None:
              (not cfg.label_groups or cfg.long_text != "windows", "--label_groups does not combine with --long_text "
                                                                   "windows (a document's windows are pooled as logits "
                                                                   "of the classes, not of their groups)")]
-    for ok, message in rules + recipe_rules(cfg):
+    for ok, message in rules + recipe_rules(cfg) + teacher_rules(cfg):
         if not ok:
             raise InputError(message)
 
@@ -224,14 +225,14 @@ def train(cfg: Config, stop: StopRequest, data: tuple = None) -> int:
     train_set = encode_rows(train_data, model, tokenizer, model_path, cfg, run, training=True)
     valid_set = encode_rows(valid_data, model, tokenizer, model_path, cfg, run)
     encode_s = phases.mark("tokenise")
-    tasks = tasks_from_folder(cfg, names, {}) if is_multitask(cfg) else None
-    if tasks:
-        loss_fn = make_multitask_loss(cfg, tasks, train_data.labels, run.device)
-    else:
-        loss_fn = make_loss(cfg, class_counts(train_data.labels, len(names), cfg.multi_label),
-                            len(train_data.labels), run.device)
+    if cfg.teacher:
+        run.print(f"teacher {cfg.teacher}: predicting the {len(train_data.texts)} training rows")
+        train_set.teacher_probs = teacher_targets(cfg, names, train_data, run)
+        phases.mark("the teacher's predictions")
+    tasks, loss_fn = training_loss(cfg, names, train_data.labels, run)
     training = Training.build(cfg, run, wrap_for_parallel(model, cfg, run), loss_fn, train_set,
-                              Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label, tasks), stop)
+                              Collator(tokenizer.pad_token_id or 0, len(names), cfg.multi_label, tasks,
+                                       cfg.teacher_weight), stop)
     training.tasks = tasks
     if cfg.label_groups:  # the groups' validation loss is the plain one; the training loss is the classes'
         training.valid_loss_fn = torch.nn.BCEWithLogitsLoss() if cfg.multi_label else torch.nn.CrossEntropyLoss()
@@ -268,6 +269,14 @@ def train(cfg: Config, stop: StopRequest, data: tuple = None) -> int:
         phases.mark("calibrate and report")
         run.print(phases.summary())
         return 0
+
+
+def training_loss(cfg: Config, names: list, labels: list, run) -> tuple:
+    """(the tasks of a run of several, else None; the training loss), weighted by the training labels' classes."""
+    tasks = tasks_from_folder(cfg, names, {}) if is_multitask(cfg) else None
+    if tasks:
+        return tasks, make_multitask_loss(cfg, tasks, labels, run.device)
+    return None, make_loss(cfg, class_counts(labels, len(names), cfg.multi_label), len(labels), run.device)
 
 
 def updates_per_epoch(n_batches: int, accumulation: int) -> int:

@@ -15,6 +15,7 @@ on the same rows (the other two taxonomies' labels as more tasks) and is scored 
 recipe_result.json also holds the other heads' scores ("tasks").
 """
 import argparse
+import dataclasses
 import json
 import os
 import string
@@ -46,7 +47,10 @@ RECIPES = {"baseline": [], "llrd_0.9": ["--llrd", "0.9"], "reinit_1": ["--reinit
            # Ekman or the sentiment groups: learn the 28 original emotions of the same rows, validate, calibrate and
            # predict their groups (--label_groups, the grouping accuracy.py's fine_map derives)
            "from_original": ["--train_path", "$train_all", "--valid_path", "$dev_all", "--label_col", "original",
-                             "-d", "$classes_original", "--label_groups", "$fine_map"]}
+                             "-d", "$classes_original", "--label_groups", "$fine_map"],
+           # knowledge distillation: the ensemble of this sweep's baselines (every seed's) as the teacher, half of
+           # each training target its calibrated probabilities (distill.py); the teacher costs its members' runs
+           "distill": ["--teacher", "$teacher", "--teacher_weight", "0.5"]}
 # recipes of several tasks: train.py reports each in report/<task>/, this taxonomy's as the task `emotion`, and the
 # data needs the other taxonomies' labels (convert_taxonomy's with_other_taxonomies)
 MULTITASK_RECIPES = ("all_taxonomies",)
@@ -114,6 +118,23 @@ def recipe_options(recipe: str, paths: dict) -> dict:
     return {flag: string.Template(value).substitute(fill) for flag, value in zip(flags[::2], flags[1::2])}
 
 
+def baselines_ensemble(work_dir: str, seeds: list) -> str:
+    """work_dir/distill_teacher: an ensemble folder (ensemble.py) of copies of the baselines of `seeds`, made once."""
+    import shutil
+
+    from config import load_config
+    from ensemble import is_ensemble, write_ensemble
+    folder = os.path.join(work_dir, "distill_teacher")
+    if not is_ensemble(folder):
+        members = [(f"seed_{s}", os.path.join(folder, "members", f"seed_{s}")) for s in seeds]
+        for (_, member), seed in zip(members, seeds):
+            if not os.path.isdir(member):  # an ensemble's members live inside its folder
+                shutil.copytree(os.path.join(work_dir, "baseline", f"seed_{seed}"), member)
+        first = load_config(os.path.join(members[0][1], "train_config.json"))
+        write_ensemble(folder, dataclasses.replace(first, save_path=folder), members)
+    return folder
+
+
 def report_scores(save: str, task: str = None) -> dict:
     """SCORES of save/report/metrics.json, or of report/<task>/metrics.json, one task's of a run of several."""
     with open(os.path.join(save, "report", *([task] if task else []), "metrics.json")) as f:
@@ -164,7 +185,10 @@ def main(argv=None) -> int:
             json.dump(fine_map(args.taxonomy), f, indent=2)
     print(f"{args.taxonomy} multi-label, {args.train_rows or 'all'} training rows, {args.n_epochs} epoch(s), seeds "
           f"{seeds}, work dir {args.work_dir}; load average {load_average()}", flush=True)
-    results = {r: {s: run_one(args, paths, r, s) for s in seeds} for r in recipes}
+    results = {"baseline": {s: run_one(args, paths, "baseline", s) for s in seeds}}
+    if "distill" in recipes:
+        paths["teacher"] = baselines_ensemble(args.work_dir, seeds)
+    results.update({r: {s: run_one(args, paths, r, s) for s in seeds} for r in recipes if r != "baseline"})
     print_table(["recipe", "cross-fitted macro-F1", "tuned macro-F1", "paired gain (cross-fitted), 95% CI",
                  "verdict", "wall s per run"], summary_rows(results, seeds))
     with open(os.path.join(args.work_dir, "recipes.json"), "w") as f:
