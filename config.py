@@ -142,9 +142,9 @@ class Config:
                              "before fine-tuning, as the checkpoint's own initialiser does (0 = keep them all)")
     ema: float = opt(0.0, "keep an exponential moving average of the weights with this decay per update (e.g. "
                      "0.999), and validate, pick the best epoch and save with it (0 = off)")
-    teacher: str = opt("", "knowledge distillation: a model or ensemble folder of train.py with the classes of -d; "
-                       "its calibrated probabilities of every training row are blended into that row's target "
-                       "(--teacher_weight); empty = off")
+    teacher: str = opt("", "knowledge distillation: a model or ensemble folder of train.py with the classes of -d, "
+                       "never trained on this run's validation rows; its calibrated probabilities of every training "
+                       "row are blended into that row's target (--teacher_weight); empty = off")
     teacher_weight: float = opt(0.5, "with --teacher: the teacher's share of each training target (the rest is the "
                                 "row's own labels)")
     seed: int = opt(42, "random seed of the split, the initialisation, dropout and batch order")

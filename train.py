@@ -35,7 +35,7 @@ from checkpoint import FolderLock, model_in_place, save_model, write_json, writi
 from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler, check_task_data,
                      check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_file,
                      split_keys, stratified_split, tokenize)
-from distill import teacher_rules, teacher_targets
+from distill import check_teacher, teacher_rules, teacher_targets
 from label_groups import GroupReadOut, load_label_groups
 from losses import make_loss, make_multitask_loss
 from metrics import compute_metrics, is_better
@@ -129,6 +129,8 @@ def load_data(cfg: Config, whole: bool = False):
     check_training_data(cfg.train_path, train, names, cfg.multi_label)
     if cfg.label_groups:
         load_label_groups(cfg.label_groups, names, cfg.multi_label)  # its problems before anything heavy starts
+    if cfg.teacher:
+        check_teacher(cfg, names, bool(cfg.text_col2))
     if cfg.valid_path:
         valid = loaded[cfg.valid_path]
         check_validation_data(cfg.valid_path, train, valid, names, cfg.multi_label)
@@ -227,7 +229,7 @@ def train(cfg: Config, stop: StopRequest, data: tuple = None) -> int:
     encode_s = phases.mark("tokenise")
     if cfg.teacher:
         run.print(f"teacher {cfg.teacher}: predicting the {len(train_data.texts)} training rows")
-        train_set.teacher_probs = teacher_targets(cfg, names, train_data, run)
+        train_set.teacher_probs = teacher_targets(cfg, train_data, run)
         phases.mark("the teacher's predictions")
     tasks, loss_fn = training_loss(cfg, names, train_data.labels, run)
     training = Training.build(cfg, run, wrap_for_parallel(model, cfg, run), loss_fn, train_set,

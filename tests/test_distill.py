@@ -72,16 +72,13 @@ def test_a_student_learns_from_the_teachers_calibrated_probabilities_of_its_trai
     seen = {}
     original = distill.teacher_targets
 
-    def spy(cfg, names, data, run):
-        seen["probs"], seen["texts"] = original(cfg, names, data, run), list(data.texts)
+    def spy(cfg, data, run):
+        seen["probs"], seen["texts"] = original(cfg, data, run), list(data.texts)
         return seen["probs"]
     monkeypatch.setattr(train, "teacher_targets", spy)
-    import cpu_threads
-    choice = dict(cpu_threads.CHOICE)
     code, out, err = call(train.main, student_args(tmp_path, tiny_bert, classes, "--teacher", save,
                                                    "--teacher_weight", "0.7"))
     assert code == 0, err
-    assert cpu_threads.CHOICE == choice  # loading predict.py for the teacher kept train.py's thread choice
     assert f"teacher {save}: predicting the {len(seen['texts'])} training rows" in out
     expected = predict.load_classifier(save).predict(seen["texts"]).probabilities
     assert torch.allclose(seen["probs"], torch.from_numpy(expected), atol=1e-6)
@@ -91,18 +88,36 @@ def test_a_student_learns_from_the_teachers_calibrated_probabilities_of_its_trai
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--teacher_weight", "1.5"], "--teacher_weight must be in [0, 1]"),
-    (["--loss", "focal"], "--teacher blends targets for cross-entropy or BCE; it does not combine with --loss focal"),
-    (["--multi_label", "True"], "a single-label model; this run is multi-label"),
-    (["-d", "OTHER"], "are not those of -d"),
+    (["--teacher", "TEACHER", "--teacher_weight", "1.5"], "--teacher_weight must be in [0, 1]"),
+    (["--teacher_weight", "0.3"], "--teacher_weight is the share of --teacher's probabilities: add --teacher"),
+    (["--teacher", "TEACHER", "--loss", "focal"], "it does not combine with --loss focal"),
+    (["--teacher", "TEACHER", "--multi_label", "True"], "a single-label model; this run is multi-label"),
+    (["--teacher", "TEACHER", "-d", "OTHER"], "are not those of -d"),
+    (["--teacher", "MISSING"], "not a model or ensemble folder of train.py"),
+    (["--teacher", "TEACHER", "--save_path", "TEACHER"], "which this run overwrites"),
 ])
-def test_a_teacher_that_does_not_fit_is_refused_in_one_line(teacher, tiny_bert, tmp_path, flags, message):
+def test_a_teacher_that_does_not_fit_is_refused_in_one_line_before_the_model_loads(teacher, tiny_bert, tmp_path,
+                                                                                  flags, message):
     import train
     save, classes, _ = teacher
-    if "OTHER" in flags:
-        flags = ["-d", write_classes(tmp_path / "other.json", list(reversed(NAMES)))]
-    code, _, err = call(train.main, student_args(tmp_path, tiny_bert, classes, "--teacher", save, *flags))
+    names = {"TEACHER": save, "MISSING": str(tmp_path / "no_such_model"),
+             "OTHER": write_classes(tmp_path / "other.json", list(reversed(NAMES)))}
+    code, out, err = call(train.main, student_args(tmp_path, tiny_bert, classes, *[names.get(f, f) for f in flags]))
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "predicting the" not in out and "pooling auto" not in out  # refused before anything heavy
+
+
+def test_loading_predict_py_into_train_py_keeps_the_thread_choice_and_its_reason(tmp_path):
+    """--teacher imports predict.py into a train.py process; its cpu_threads.configure() must not replace the first
+    choice (which set OMP_NUM_THREADS itself) by one that reads 'OMP_NUM_THREADS'."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run([sys.executable, "-c", "import cpu_threads; first = dict(cpu_threads.configure()); "
+                           "import predict; print(first == cpu_threads.CHOICE, cpu_threads.CHOICE['threads'])"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("True") and "OMP_NUM_THREADS" not in done.stdout, done.stdout + done.stderr
 
 
 def test_recipes_bench_distils_the_ensemble_of_its_baselines(teacher, tmp_path):
