@@ -3,8 +3,9 @@
 The teacher, a model folder of train.py or an ensemble (`--seeds N --ensemble True`) with the classes of -d,
 predicts every training row once, before the first step, with its calibrated probabilities (predict.py's). Each
 row's training target becomes (1 - w) x its own labels + w x the teacher's probabilities, w = --teacher_weight.
-Cross-entropy and BCE are linear in the target, so this is the blend of the two losses; validation, the best
-epoch, calibration and the report still score the row's own labels. An ensemble's probabilities carry what its
+Cross-entropy and BCE are linear in the target, so this is the blend of the two losses (with single-label class
+weights up to the normalisation: docs/recipes.md); validation, the best epoch, calibration and the report still
+score the row's own labels. An ensemble's probabilities carry what its
 members agree on, and the student that learns them predicts at the cost of one model.
 """
 import torch
