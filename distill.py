@@ -5,9 +5,11 @@ predicts every training row once, before the first step, with its calibrated pro
 row's training target becomes (1 - w) x its own labels + w x the teacher's probabilities, w = --teacher_weight.
 Cross-entropy and BCE are linear in the target, so this is the blend of the two losses (with single-label class
 weights up to the normalisation: docs/recipes.md); validation, the best epoch, calibration and the report still
-score the row's own labels. An ensemble's probabilities carry what its
-members agree on, and the student that learns them predicts at the cost of one model.
+score the row's own labels. An ensemble's probabilities carry what its members agree on, and the student that
+learns them predicts at the cost of one model.
 """
+import os
+
 import torch
 
 from config import Config, InputError
@@ -15,8 +17,6 @@ from config import Config, InputError
 
 def teacher_rules(cfg: Config) -> list:
     """check_options' rules for --teacher and --teacher_weight: (ok, message) pairs."""
-    import os
-
     from tasks import is_multitask
     off = not cfg.teacher
     teacher, save = (os.path.realpath(p) for p in (cfg.teacher or ".", cfg.save_path))
