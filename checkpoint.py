@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 
-from config import InputError, RunFault
+from config import InputError, RunFault, os_problem
 
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
@@ -48,7 +48,10 @@ def writing(target: str):
     except OSError as e:
         raise RunFault(f"{e.filename or target}: cannot write ({e.strerror or e})")
     except (RuntimeError, SafetensorError) as e:
-        raise RunFault(f"{target}: cannot write ({str(e).strip().splitlines()[0][:200]})")
+        reason = str(e).strip().splitlines()[0][:200]
+        if "unexpected pos" in reason:  # torch.save's zip writer wrote less than it asked for: a full disk, as a rule
+            reason = f"the disk is probably full: {reason}"
+        raise RunFault(f"{target}: cannot write ({reason})")
 
 
 def model_in_place(folder: str) -> str:
@@ -388,7 +391,7 @@ class FolderLock:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self.path)
         except OSError as e:
-            raise InputError(f"--save_path {self.folder}: cannot write there ({e.strerror or e})")
+            raise os_problem(e, f"--save_path {self.folder}: cannot write there")
         os.environ["TRAIN_LOCK_HELD"] = os.path.abspath(self.folder)  # inherited by the ranks it launches
         threading.Thread(target=self._heartbeat, daemon=True).start()
         return self
@@ -412,9 +415,14 @@ class FolderLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID"),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "job": os.environ.get("SLURM_JOB_ID"),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")}, f)
+        except BaseException:  # a full disk: an empty lock would shut out every later run until it went stale
+            with contextlib.suppress(OSError):
+                os.remove(self.path)
+            raise
         return True
 
     def _holder(self) -> dict:

@@ -6,9 +6,11 @@ train_config.json beside the weights; predict.py rebuilds the model from that fi
 """
 import argparse
 import dataclasses
+import errno
 import gc
 import json
 import os
+import signal
 import sys
 from dataclasses import dataclass, field
 
@@ -32,6 +34,28 @@ class InputError(Exception):
 class RunFault(Exception):
     """A fault during a run that the input did not cause (divergence, a full disk): one line, exit code 3; the last
     complete model stays in place."""
+
+
+class Terminated(BaseException):
+    """SIGTERM where no part of the run saves and stops by itself (train.py's training loop does): unwinds like
+    Ctrl-C, so temporary files are removed and nothing half-written stays."""
+
+
+# errors of the machine, not of what the user gave: a full disk, a quota, a failing device
+MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}
+
+
+def os_problem(e: OSError, what: str) -> Exception:
+    """An OSError as one line naming `what` (a path, an option): a full disk or an I/O error is a RunFault (exit
+    3), a path that is missing, taken or not writable an InputError (exit 2)."""
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno in MACHINE_ERRNOS:
+        return RunFault(f"{what}: {reason}; what was written before is complete, and nothing is left half-written")
+    return InputError(f"{what}: {reason}")
+
+
+def _terminated(signum, frame):
+    raise Terminated()
 
 
 def str2bool(value: str) -> bool:
@@ -252,6 +276,8 @@ def run_cli(main, whole_process: bool = False) -> None:
     """Run an entry point: input problems become one line on stderr and exit code 2, faults during the run exit
     code 3, Ctrl-C exit 130. `whole_process`: main is the program (train.py, predict.py, export.py run as
     scripts), and the process ends when it returns."""
+    if whole_process and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminated)  # a default SIGTERM would kill it before any clean-up
     try:
         code = main()
     except InputError as e:
@@ -260,9 +286,16 @@ def run_cli(main, whole_process: bool = False) -> None:
     except RunFault as e:
         sys.stderr.write(f"error: {e}\n")
         code = 3
+    except OSError as e:  # a path or a disk that no closer check caught: still one line, never a traceback
+        problem = os_problem(e, e.filename or "a file")
+        sys.stderr.write(f"error: {problem}\n")
+        code = 3 if isinstance(problem, RunFault) else 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         code = 130
+    except Terminated:
+        sys.stderr.write("terminated (SIGTERM)\n")
+        code = 128 + signal.SIGTERM
     finally:
         # a rank that exits on an error without leaving its gloo group can abort at exit instead of returning 2
         dist = sys.modules.get("torch.distributed")

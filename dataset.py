@@ -5,6 +5,7 @@ spreadsheet shows it), all problems of a file in one pass up to MAX_PROBLEMS, be
 Batches are padded to their own longest sentence, never to a fixed length, and drawn from length buckets.
 """
 import codecs
+import hashlib
 import io
 import json
 import math
@@ -137,6 +138,15 @@ class LabelledData:
                             None if self.texts2 is None else [self.texts2[i] for i in idx])
 
 
+def data_fingerprint(names: list, *datasets: LabelledData) -> str:
+    """SHA-256 of the classes and of every row's texts and labels, in order: what a resumed run must train and
+    validate on again (a file edited, cut or relabelled since the checkpoint gives another)."""
+    digest = hashlib.sha256(json.dumps(names).encode("utf-8"))
+    for data in datasets:
+        digest.update(json.dumps([data.texts, data.texts2, data.labels], default=str).encode("utf-8"))
+    return digest.hexdigest()
+
+
 def parse_label(cell: str, names: list, index: dict, multi_label: bool):
     """A label cell -> class id (or ids); raises ValueError with the reason."""
     tokens = [t.strip() for t in cell.split(",")] if multi_label else [cell.strip()]
@@ -161,7 +171,9 @@ def parse_label(cell: str, names: list, index: dict, multi_label: bool):
             raise ValueError(f"'{token}' holds several labels; use --multi_label True for that")
         else:
             close = [n for n in names if n.lower() == token.lower()]
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            spaced = [n for n in names if n.strip() == token]  # cells lose their spaces, map keys keep them
+            hint = (f" (the label map has '{spaced[0]}', with spaces around it: remove them there)" if spaced else
+                    f" (did you mean '{close[0]}'?)" if close else "")
             raise ValueError(f"label '{token}' is not a class of the label map{hint}")
     return sorted(set(ids)) if multi_label else ids[0]
 
@@ -171,6 +183,11 @@ def load_labelled_file(path: str, text_col: str, label_col: str, names: list, mu
     """Texts (pairs of texts with text_col2) and class ids of a .csv, .tsv, .jsonl or .parquet file; every bad row
     is reported (up to MAX_PROBLEMS) before anything runs. With `tasks` (tasks.Task, several label columns), each
     row's label is a tuple with one entry per task, None where its cell is empty."""
+    multi_label_classes = [t.classes for t in tasks if t.multi_label] if tasks else [names] if multi_label else []
+    for name in (n for classes in multi_label_classes for n in classes):
+        if "," in name:
+            raise InputError(f"-d: class '{name}' has a comma in its name; with --multi_label True a comma separates "
+                             "the classes of a label cell (and of predict.py's label column): rename it")
     fmt = table_format(path)
     if fmt is None:
         raise InputError(f"{path}: unknown file type; use .csv, .tsv, .jsonl or .parquet")

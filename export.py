@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 
-from config import Config, InputError, RunFault, build_parser, config_from_args, run_cli
+from config import Config, InputError, RunFault, build_parser, config_from_args, os_problem, run_cli
 from long_text import window_spec
 
 FP32_TOLERANCE = 1e-4
@@ -65,12 +65,17 @@ def main(argv=None) -> int:
     if os.path.exists(out) and not os.path.isfile(os.path.join(out, "export.json")):
         raise InputError(f"--out {cfg.out}: the folder exists and is not an earlier export; choose another --out")
     parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        stage = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+    except OSError as e:
+        raise os_problem(e, f"--out {cfg.out}: cannot write there")
     try:
         build = build_hf_export if cfg.format == "hf" else build_export
         report = build(stage, cfg, model, tokenizer, trained, names, extra, reference, texts, texts2, labels)
         replace_folder(stage, out)
+    except OSError as e:  # a full disk while writing the graphs: the earlier export at --out stays as it was
+        raise os_problem(e, f"--out {cfg.out}: cannot write ({e.filename or stage})")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     print(f"exported to {cfg.out}: " + ", ".join(report["graphs"]))

@@ -30,11 +30,11 @@ import torch
 
 from calibrate import decide, probabilities
 from checkpoint import atomic_path, load_model, read_label_groups, sha256_file, write_json
-from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, run_cli
+from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, os_problem, run_cli
 from dataset import (PREDICT_EXTENSIONS, Collator, EncodedDataset, has_column, iter_predict_file, load_label_map,
                      load_labelled_file, tokenize)
 from ensemble import Ensemble, is_ensemble, load_ensemble
-from long_text import window_spec
+from long_text import check_window_options, window_spec
 from tasks import combined_names, is_multitask, split_option, task_labels, task_probabilities, tasks_from_folder
 from tables import PredictionWriter
 from runtime import cleanup_run, launch_local_workers, local_worker_count, setup_run
@@ -326,6 +326,11 @@ def main(argv=None) -> int:
         return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
     if not os.path.isdir(runtime["input_dir"]):
         raise InputError(f"{runtime['input_dir']}: input folder not found")
+    if not runtime["out_dir"]:
+        raise InputError("--out_dir is empty: name the folder for the predictions")
+    if os.path.realpath(runtime["out_dir"]) == os.path.realpath(runtime["input_dir"]):
+        raise InputError(f"--out_dir {runtime['out_dir']} is the input folder (-f {runtime['input_dir']}): the "
+                         "predictions would replace the inputs of the same name; give another --out_dir")
     maps_given = [load_label_map(path) for path in split_option(runtime["dict_path"])]
     run = setup_run(runtime["device"], runtime["precision"])
     if runtime["parallel"] and run.world_size == 1:
@@ -338,7 +343,10 @@ def main(argv=None) -> int:
     check_prediction_options(cfg, model, tokenizer)
     files = input_files(cfg.input_dir)
     if run.is_main:
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        except OSError as e:
+            raise os_problem(e, f"--out_dir {cfg.out_dir}: cannot create the folder")
     state = DoneFiles(cfg)
     failed, totals = [], {"rows": 0, "tokens": 0, "seconds": 0.0}
     for name, out_name in output_names(files, cfg.out_format).items():
@@ -358,7 +366,10 @@ def main(argv=None) -> int:
                            f"it are complete, and a rerun skips them")
         for key in totals:
             totals[key] += stats[key]
-        state.mark_done(name, src, out_name, run)
+        try:
+            state.mark_done(name, src, out_name, run)
+        except OSError as e:  # the predictions are whole; only the note that they are done is missing
+            raise os_problem(e, f"{state.path}: cannot write ({name} is predicted; a rerun predicts it again)")
     print_totals(totals, cfg, run)
     cleanup_run()
     if failed and run.is_main:
@@ -392,8 +403,14 @@ def check_prediction_options(cfg: Config, model, tokenizer) -> None:
     limit, why = model.length_limit(tokenizer)
     if cfg.max_length > limit:
         raise InputError(f"--max_length {cfg.max_length}: this model supports at most {limit} tokens ({why})")
+    if cfg.max_length < 2:
+        raise InputError("--max_length must be at least 2")
     if cfg.batch_size < 1:
         raise InputError("--batch_size must be at least 1")
+    if cfg.num_workers < 0:
+        raise InputError("--num_workers must be 0 or more")
+    if cfg.long_text == "windows":  # the window must still move forward at a --max_length given here
+        check_window_options(tokenizer, cfg.max_length, cfg.stride, bool(cfg.text_col2))
 
 
 def input_files(folder: str) -> list:
@@ -416,8 +433,10 @@ class DoneFiles:
             try:
                 with open(self.path, encoding="utf-8") as f:
                     self.done = json.load(f)
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 self.done = {}
+        if not isinstance(self.done, dict) or not all(isinstance(v, dict) for v in self.done.values()):
+            self.done = {}  # not what this file holds (edited by hand, another tool's): predict everything again
         marker = "export.json" if os.path.isfile(os.path.join(cfg.save_path, "export.json")) else "manifest.json"
         self.settings = {"model": sha256_file(os.path.join(cfg.save_path, marker)),
                          "max_length": cfg.max_length, "text_col": cfg.text_col, "text_col2": cfg.text_col2,

@@ -105,7 +105,7 @@ def save_resumable(save_path: str, run, model, optimizer, scheduler, scaler, pro
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                  "progress": dataclasses.asdict(progress), "rng": rngs, "world_size": run.world_size,
-                 "config": dataclasses.asdict(cfg)}
+                 "config": dataclasses.asdict(cfg), "data_sha256": getattr(cfg, "_data_sha256", None)}
         if average is not None:  # --ema's averaged weights
             state["average"] = average.state_dict()
         name = f"step-{progress.updates:06d}"
@@ -185,6 +185,12 @@ def load_resumable(folder: str, cfg, run, state: dict = None) -> dict:
     if changed:
         raise InputError(f"--resume {folder}: the checkpoint was trained with other settings: "
                          + ", ".join(f"--{k} {saved[k]} (now {now[k]})" for k in changed))
+    if None not in (state.get("data_sha256"), getattr(cfg, "_data_sha256", None)) and \
+            state["data_sha256"] != cfg._data_sha256:
+        raise InputError(f"--resume {folder}: the checkpoint was trained on other rows or classes (--train_path "
+                         f"{cfg.train_path}, --valid_path {cfg.valid_path or '(split from --train_path)'} or -d "
+                         f"{cfg.dict_path} changed since); resume with the files it started with, or start afresh "
+                         "without --resume")
     if state["world_size"] != run.world_size:
         raise InputError(f"--resume {folder}: written by {state['world_size']} process(es), this run has "
                          f"{run.world_size}; resume with the same number so batches and RNG states match")

@@ -65,9 +65,7 @@ def _delimited(path: str, lines, required: tuple, fmt: str):
     except csv.Error as e:
         raise InputError(f"{path}, row 1: malformed {kind} header ({e})")
     header = [h.strip() for h in header]
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes:
-        raise InputError(f"{path}, row 1: duplicated column name(s) {', '.join(repr(d) for d in dupes)}")
+    _unique(path, "row 1", header)
     _missing(path, "row 1", header, required)
     cols = [header.index(col) for col, _ in required]
     row = 1
@@ -104,6 +102,13 @@ def _json_text(value, text_only: bool = False):
     raise ValueError(f"holds {type(value).__name__} {json.dumps(value)[:40]}, expected text")
 
 
+def _unique(path: str, where: str, names: list, noun: str = "column name") -> None:
+    """A name given twice (a header, a Parquet schema, an object's keys) leaves which one is meant open: refused."""
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"{path}{', ' if where else ''}{where}: duplicated {noun}(s) {', '.join(map(repr, dupes))}")
+
+
 def _jsonl(path: str, lines, required: tuple, text_cols: tuple):
     """JSON lines: one object a line; blank lines are skipped."""
     for number, line in enumerate(decoded_lines(path, lines), start=1):
@@ -114,9 +119,14 @@ def _jsonl(path: str, lines, required: tuple, text_cols: tuple):
         except ValueError as e:
             yield number, None, f"not valid JSON ({e})"
             continue
+        except RecursionError:
+            yield number, None, "not valid JSON (nested too deeply)"
+            continue
         if not isinstance(obj, dict):
             yield number, None, f"a JSON {type(obj).__name__}, expected an object such as {{\"text\": ...}}"
             continue
+        if any(line.count(f'"{col}"') > 1 for col, _ in required):  # json.loads keeps the last of repeated keys
+            _unique(path, f"line {number}", [k for k, _ in json.loads(line, object_pairs_hook=list)], "key")
         _missing(path, f"line {number}", list(obj), required, noun="key")
         record, problem = {}, None
         for col, _ in required:
@@ -155,18 +165,30 @@ def _parquet(path: str, required: tuple, text_cols: tuple):
     pf = _parquet_file(path)
     schema = pf.schema_arrow
     _missing(path, "", schema.names, required)
+    names = [col for col, _ in required]
+    _unique(path, "", [n for n in schema.names if n in names])  # other columns are never read
     for col, _ in required:
         _check_parquet_type(path, col, schema.field(col).type, col in text_cols)
-    names = [col for col, _ in required]
     row = 0
     try:
         for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=names):
             columns = [batch.column(name).to_pylist() for name in names]
             for values in zip(*columns):
                 row += 1
-                yield row, {n: _json_text(v) for n, v in zip(names, values)}, None
+                yield row, *_parquet_record(names, values)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError, ArrowIOError an OSError
         raise InputError(f"{path}, after row {row}: unreadable Parquet data ({str(e).splitlines()[0]})")
+
+
+def _parquet_record(names: list, values: tuple) -> tuple:
+    """(record, None), or (None, the problem naming its column)."""
+    record = {}
+    for name, value in zip(names, values):
+        try:
+            record[name] = _json_text(value)
+        except ValueError as e:
+            return None, f"column '{name}' {e}"
+    return record, None
 
 
 def iter_records(path: str, required: tuple, text: str = None, text_cols: tuple = (), stream=None):

@@ -33,8 +33,8 @@ import engine
 from config import Config, InputError, RunFault, build_parser, config_from_args, resolve_model_path, run_cli
 from checkpoint import FolderLock, model_in_place, save_model, write_json, writing
 from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler, check_task_data,
-                     check_training_data, check_validation_data, class_counts, load_label_map, load_labelled_file,
-                     split_keys, stratified_split, tokenize)
+                     check_training_data, check_validation_data, class_counts, data_fingerprint, load_label_map,
+                     load_labelled_file, split_keys, stratified_split, tokenize)
 from distill import check_teacher, teacher_rules, teacher_targets
 from label_groups import GroupReadOut, load_label_groups
 from losses import make_loss, make_multitask_loss
@@ -55,7 +55,20 @@ def parse_config(argv=None) -> Config:
 
 def check_options(cfg: Config) -> None:
     """Option values that no parser type catches."""
-    rules = [(cfg.n_epochs >= 1, "--n_epochs must be at least 1"),
+    label_cols = split_option(cfg.label_col)
+    rules = [(bool(cfg.train_path), "--train_path is empty: name the training file"),
+             (0 <= cfg.seed < 2 ** 32 - cfg.seeds, f"--seed must be in [0, {2 ** 32 - cfg.seeds}) (with --seeds "
+                                                   f"{cfg.seeds}: every member's seed under 2^32)"),
+             (cfg.num_workers >= 0, "--num_workers must be 0 or more"),
+             (0 <= cfg.weight_decay < math.inf, "--weight_decay must be 0 or more (and finite)"),
+             (cfg.max_grad_norm >= 0, "--max_grad_norm must be 0 (no clipping) or more"),
+             (not {cfg.text_col, cfg.text_col2} & set(label_cols),
+              f"--text_col {cfg.text_col}{f' / --text_col2 {cfg.text_col2}' if cfg.text_col2 else ''}: a text "
+              f"column may not be a label column (--label_col {cfg.label_col})"),
+             (cfg.text_col != cfg.text_col2, "--text_col2 must name another column than --text_col"),
+             (not cfg.task_weights or len(label_cols) > 1, "--task_weights weighs the losses of several tasks "
+                                                           "(--label_col a,b); this run has one"),
+             (cfg.n_epochs >= 1, "--n_epochs must be at least 1"),
              (cfg.batch_size >= 1, "--batch_size must be at least 1"),
              (cfg.gradient_accumulation_steps >= 1, "--gradient_accumulation_steps must be at least 1"),
              (cfg.lr > 0 and cfg.lr_main > 0, "--lr and --lr_main must be positive"),
@@ -217,6 +230,7 @@ def train(cfg: Config, stop: StopRequest, data: tuple = None) -> int:
     load_data returns, already read (--seeds and --cv members share it)."""
     phases = Phases()
     names, train_data, valid_data = data or load_data(cfg)
+    cfg._data_sha256 = data_fingerprint(names, train_data, valid_data)  # --resume checks it is the same
     phases.mark("read and check data")
     run = start_run(cfg)
     seed_everything(cfg.seed)

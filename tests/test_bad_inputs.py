@@ -11,6 +11,16 @@ from conftest import call, make_rows, run_script, train_tiny, write_classes, wri
 GOOD_ROWS = "".join(f"{t},{n}\n" for t, n in make_rows(30))
 
 
+def parquet(path, columns: list, first_labels: list = ()) -> None:
+    """30 good rows (after `first_labels`' rows) as Parquet, with the columns named `columns` (texts, then labels)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rows = make_rows(30)
+    labels = [*first_labels, *([name] for _, name in rows)][:30] if first_labels else [name for _, name in rows]
+    texts = pa.array([t for t, _ in rows])
+    pq.write_table(pa.Table.from_arrays([texts] * (len(columns) - 1) + [pa.array(labels)], names=columns), path)
+
+
 def csv_text(*rows, header="sentences,emotion"):
     """A train CSV: `rows` first (so row 2 is the first of them), then 30 good rows."""
     return header + "\n" + "".join(r + "\n" for r in rows) + GOOD_ROWS
@@ -91,6 +101,29 @@ TRAIN_CASES = [
     ("valid_frac above 1", {}, ["--valid_frac", "1.5"], ["--valid_frac 1.5: must be between 0 and 1"]),
     ("boolean flag not a boolean", {}, ["-p", "maybe"], ["argument -p/--parallel: expected True or False, got 'maybe'"]),
     ("encoder folder missing", {}, ["--bert_name", "./no_such_encoder"], ["--bert_name ./no_such_encoder: no such folder"]),
+    ("label map key with a space", {"c.json": '{"anger": 0, "joy ": 1, "sadness": 2}'}, ["-d", "{dir}/c.json"],
+     ["column 'emotion': label 'joy' is not a class of the label map (the label map has 'joy ', with spaces"]),
+    ("multi-label class with a comma", {"c.json": '{"anger": 0, "joy,calm": 1, "sadness": 2}'},
+     ["-d", "{dir}/c.json", "--multi_label", "True"], ["-d: class 'joy,calm' has a comma in its name"]),
+    ("empty train_path", {}, ["--train_path", ""], ["--train_path is empty: name the training file"]),
+    ("seed out of range", {}, ["--seed", "-1"], ["--seed must be in [0, 4294967295)"]),
+    ("seeds past 2^32", {}, ["--seed", "4294967294", "--seeds", "2"], ["--seed must be in [0, 4294967294)"]),
+    ("negative num_workers", {}, ["--num_workers", "-1"], ["--num_workers must be 0 or more"]),
+    ("negative weight decay", {}, ["--weight_decay", "-5"], ["--weight_decay must be 0 or more"]),
+    ("NaN weight decay", {}, ["--weight_decay", "nan"], ["--weight_decay must be 0 or more"]),
+    ("negative max_grad_norm", {}, ["--max_grad_norm", "-1"], ["--max_grad_norm must be 0 (no clipping) or more"]),
+    ("text column is the label column", {}, ["--text_col", "emotion"],
+     ["--text_col emotion: a text column may not be a label column (--label_col emotion)"]),
+    ("task weights for one task", {}, ["--task_weights", "2"], ["--task_weights weighs the losses of several tasks"]),
+    ("parquet with a repeated column", {"t.parquet": lambda path: parquet(path, ["sentences", "sentences", "emotion"])},
+     ["--train_path", "{dir}/t.parquet"], ["t.parquet: duplicated column name(s) 'sentences'"]),
+    ("parquet label list with a null", {"t.parquet": lambda path: parquet(path, ["sentences", "emotion"], [["joy", None]])},
+     ["--train_path", "{dir}/t.parquet", "--multi_label", "True"],
+     ["t.parquet, row 1: column 'emotion' holds list [\"joy\", null]"]),
+    ("jsonl with a repeated key", {"t.jsonl": '{"sentences": "i feel fine", "emotion": "joy", "emotion": "anger"}\n'},
+     ["--train_path", "{dir}/t.jsonl"], ["t.jsonl, line 1: duplicated key(s) 'emotion'"]),
+    ("jsonl nested too deep", {"t.jsonl": "[" * 100000 + "]" * 100000 + "\n"}, ["--train_path", "{dir}/t.jsonl"],
+     ["t.jsonl, line 1: not valid JSON (nested too deeply)"]),
 ]
 
 PREDICT_CASES = [
@@ -105,6 +138,12 @@ PREDICT_CASES = [
     ("input folder without inputs", {"in/notes.md": "x"}, ["-f", "{dir}/in"], ["in: no .csv, .tsv, .jsonl, .parquet or .txt files to predict"]),
     ("predict max_length above the model", {}, ["--max_length", "1000"],
      ["--max_length 1000: this model supports at most 64 tokens"]),
+    ("predict max_length below 2", {}, ["--max_length", "-5"], ["--max_length must be at least 2"]),
+    ("predict negative num_workers", {}, ["--num_workers", "-1"], ["--num_workers must be 0 or more"]),
+    ("out_dir is the input folder", {"in/a.csv": "sentences\ni feel fine\n"}, ["-f", "{dir}/in", "--out_dir", "{dir}/in"],
+     ["is the input folder (-f", "the predictions would replace the inputs"]),
+    ("out_dir empty", {}, ["--out_dir", ""], ["--out_dir is empty"]),
+    ("out_dir is a file", {"taken": "x"}, ["--out_dir", "{dir}/taken"], ["--out_dir", "taken: cannot create the folder"]),
 ]
 
 
@@ -124,6 +163,9 @@ def plant(folder, files: dict) -> None:
     for name, content in files.items():
         path = os.path.join(folder, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if callable(content):  # a file only a library writes (Parquet)
+            content(path)
+            continue
         with open(path, "wb") as f:
             f.write(content if isinstance(content, bytes) else content.encode("utf-8"))
 

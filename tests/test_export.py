@@ -160,3 +160,22 @@ def test_precision_int8_runs_the_int8_graph_and_is_refused_where_there_is_none(t
         predict.load_classifier(trained["save"], device="cpu", precision="int8")
     code, _, err = call(train.main, ["--precision", "int8", "--save_path", str(tmp_path / "m")])
     assert code == 2 and "--precision int8 is for predicting with an ONNX export" in err
+
+
+def test_an_out_folder_that_cannot_be_made_or_a_full_disk_is_one_line(trained, monkeypatch):
+    """--out under a file: exit 2; the disk full while the graph is written: exit 3, the earlier export stays."""
+    import errno
+
+    import export
+    (trained["dir"] / "a_file").write_text("x", encoding="utf-8")
+    code, _, err = call(export.main, ["--save_path", trained["save"], "--out", str(trained["dir"] / "a_file" / "ex")])
+    assert code == 2 and err.startswith(f"error: --out {trained['dir']}/a_file/ex: cannot write there"), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", "model.onnx")
+    monkeypatch.setattr(export, "replace_folder", full)
+    code, _, err = call(export.main, ["--save_path", trained["save"], "--out", str(trained["dir"] / "full")])
+    assert code == 3 and "No space left on device" in err and err.count("\n") == 1, err
+    assert not os.path.exists(trained["dir"] / "full")
+    assert not [n for n in os.listdir(trained["dir"]) if n.startswith(".full")]  # staging removed

@@ -284,3 +284,48 @@ def test_predict_on_a_full_disk_is_one_line_exit_3(tiny_task):
                           capture_output=True, text=True, preexec_fn=small_files, cwd=ROOT)
     assert done.returncode == 3 and "cannot write (File too large)" in one_line(done.stderr), done.stderr
     assert not [n for n in os.listdir(out_dir) if n.endswith(".csv")]  # no half-written predictions
+
+
+def test_a_lock_that_cannot_be_written_is_removed_and_a_full_disk_is_exit_3(tmp_path, monkeypatch):
+    """An empty train.lock left by a full disk would shut out every later run until it went stale."""
+    import errno
+
+    from checkpoint import LOCK_FILE, FolderLock
+    from config import RunFault
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with monkeypatch.context() as patch:
+        patch.setattr(json, "dump", full)
+        with pytest.raises(RunFault, match="cannot write there: No space left on device"):
+            with FolderLock(str(tmp_path / "model")):
+                pass
+    assert not os.path.exists(tmp_path / "model" / LOCK_FILE)
+    with FolderLock(str(tmp_path / "model")):  # the next run takes the folder at once
+        assert os.path.exists(tmp_path / "model" / LOCK_FILE)
+
+
+def test_torch_saves_short_write_is_named_a_full_disk():
+    from checkpoint import writing
+    from config import RunFault
+    with pytest.raises(RunFault, match=r"^m: cannot write \(the disk is probably full: \[enforce fail"):
+        with writing("m"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 104578496 vs 104578384")
+
+
+def test_sigterm_outside_training_unwinds_one_line_exit_143_and_no_temporary_file(tmp_path):
+    """predict.py and export.py have no checkpoint to save: SIGTERM unwinds as Ctrl-C does, so a file being
+    written is removed, not left as .name.XXXX.tmp."""
+    code = ("import signal, sys\n"
+            f"sys.path.insert(0, {ROOT!r})\n"
+            "from checkpoint import atomic_path\n"
+            "from config import run_cli\n"
+            "def main():\n"
+            f"    with atomic_path({str(tmp_path / 'out.csv')!r}) as tmp:\n"
+            "        open(tmp, 'w').write('half')\n"
+            "        signal.raise_signal(signal.SIGTERM)\n"
+            "    return 0\n"
+            "run_cli(main, whole_process=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 143 and done.stderr == "terminated (SIGTERM)\n", done.stderr
+    assert os.listdir(tmp_path) == []

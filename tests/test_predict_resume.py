@@ -174,3 +174,30 @@ def test_big_files_stream_in_flat_memory(tmp_path, monkeypatch):
         rows = csv.reader(f)
         next(rows)
         assert all(row[0].startswith(f"sentence {i}:") for i, row in enumerate(rows))
+
+
+@pytest.mark.parametrize("state", ["[]", '{"a.csv": "done"}', "[" * 100000])
+def test_a_state_file_of_another_shape_means_predict_everything(tmp_path, trained, inputs, state):
+    import predict
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predict_state.json").write_text(state, encoding="utf-8")
+    code, _, err = call(predict.main, predict_args(trained, inputs, out))
+    assert code == 0 and "Traceback" not in err and os.path.exists(out / "b.csv"), err
+    with open(out / "predict_state.json", encoding="utf-8") as f:
+        assert set(json.load(f)) == {"a.csv", "b.txt"}
+
+
+def test_a_full_disk_when_noting_a_file_done_is_one_line_exit_3(tmp_path, trained, inputs, monkeypatch):
+    import errno
+
+    import predict
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    monkeypatch.setattr(predict, "write_json", full)
+    code, _, err = call(predict.main, predict_args(trained, inputs, tmp_path / "out"))
+    assert code == 3 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert "predict_state.json: cannot write" in err and "a rerun predicts it again" in err
+    written = [n for n in os.listdir(tmp_path / "out") if not n.startswith(".")]
+    assert len(written) == 1 and written[0].endswith(".csv")  # the first file, whole; nothing half-written

@@ -185,3 +185,34 @@ def test_auto_takes_the_newest_complete_step_and_ignores_half_written_ones(tmp_p
             open(os.path.join(root, name, "state.pt"), "wb").close()
     assert find_resumable("auto", str(tmp_path)) == os.path.join(root, "step-1000000")  # by number, not by name
     assert find_resumable("auto", str(tmp_path / "elsewhere")) is None
+
+
+def test_resume_refuses_rows_or_classes_changed_since_the_checkpoint(task, monkeypatch, tmp_path):
+    """The checkpoint records a SHA-256 of the classes and of every training and validation row: a file edited in
+    place (same path, so the settings agree) is refused in one line, and resuming with the files as they were
+    goes on."""
+    import train
+    classes, data = write_classes(tmp_path / "classes.json"), write_csv(tmp_path / "train.csv", make_rows(90))
+    args = [*task["args"], "-d", classes, "--train_path", data, "--save_path", str(tmp_path / "run"),
+            "--precision", "fp32", "--resume", "auto"]
+    with monkeypatch.context() as patch:
+        signal_after(patch, 4)
+        code, out, err = call(train.main, args)
+    assert code == 75, err
+    original = {path: open(path, encoding="utf-8").read() for path in (classes, data)}
+    rows = make_rows(90)
+    edits = {classes: lambda: write_classes(classes, ["joy", "anger", "sadness"]),  # two classes' ids swapped
+             data: lambda: write_csv(data, rows[:-1]),  # one row fewer
+             "relabelled": lambda: write_csv(data, [(rows[0][0], "sadness"), *rows[1:]])}
+    for edit in edits.values():
+        edit()
+        code, out, err = call(train.main, args)
+        assert code == 2, (out, err)
+        assert err.count("\n") == 1 and "the checkpoint was trained on other rows or classes" in err, err
+        assert "Traceback" not in err and "resumed from" not in out
+        for path, text in original.items():
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+    code, out, err = call(train.main, args)
+    assert code == 0, err
+    assert f"resumed from {tmp_path}/run/resume/step-000004" in out
