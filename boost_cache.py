@@ -19,6 +19,7 @@ from tqdm import tqdm
 from checkpoint import atomic_path
 from dataset import BucketBatchSampler, Collator, EncodedDataset
 from engine import to_device
+from runlog import on_terminal
 from runtime import Run, unwrap
 
 
@@ -80,7 +81,8 @@ def cached_sentence_vectors(model, tokenizer, texts: list, input_ids: list, cfg,
             collate_fn=Collator(tokenizer.pad_token_id or 0))
         encoder = unwrap(model).eval()
         out = torch.zeros((len(todo), known_vectors.shape[1]))
-        for batch in tqdm(loader, desc="encoding for --boost", disable=not run.is_main, leave=False):
+        for batch in tqdm(loader, desc="encoding for --boost", disable=not (run.is_main and on_terminal()),
+                          leave=False):  # off a terminal a redrawn bar is noise in a log file
             batch = to_device(batch, run.device)
             with run.autocast():
                 vectors = encoder.sentence_vector(batch["input_ids"], batch["attention_mask"],

@@ -147,6 +147,18 @@ def data_fingerprint(names: list, *datasets: LabelledData) -> str:
     return digest.hexdigest()
 
 
+def prediction_columns(text_cols: list, task_names: list, names: list) -> list:
+    """predict.py's header: the text column(s), the chosen class (`label`, or `label_<task>` for several tasks),
+    then one probability column per class; a class named like another column would overwrite it, so refused."""
+    header = [*text_cols, *(["label"] if not task_names else [f"label_{t}" for t in task_names]), *names]
+    clashes = sorted({c for c in header if header.count(c) > 1})
+    if clashes:
+        raise InputError(f"class name(s) {', '.join(map(repr, clashes))}: predict.py writes the columns "
+                         f"{', '.join(header)}, and each name must be a column of its own; rename the class "
+                         "(or the text column)")
+    return header
+
+
 def parse_label(cell: str, names: list, index: dict, multi_label: bool):
     """A label cell -> class id (or ids); raises ValueError with the reason."""
     tokens = [t.strip() for t in cell.split(",")] if multi_label else [cell.strip()]
@@ -303,7 +315,8 @@ def check_validation_data(path: str, train: LabelledData, valid: LabelledData, n
     validated = class_counts(valid.labels, len(names), multi_label)
     unseen = [names[i] for i in range(len(names)) if trained[i] and not validated[i]]
     if unseen:
-        warn(f"{path}: no row has the class(es) {', '.join(unseen)}; their validation scores are not measured")
+        warn(f"{path}: no row has the class(es) {', '.join(unseen)}; their recall cannot be measured, and "
+             "their F1 counts as 0 in the validation macro-F1")
 
 
 def class_counts(labels: list, n_classes: int, multi_label: bool) -> list:

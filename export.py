@@ -40,6 +40,9 @@ def parse_export_config(argv=None) -> Config:
 
 def main(argv=None) -> int:
     cfg = parse_export_config(argv)
+    if cfg.format == "hf" and cfg.quantize != "none":
+        raise InputError(f"--quantize {cfg.quantize} quantises the ONNX graph: use it with --format onnx (a Hugging "
+                         "Face folder holds the PyTorch weights as trained)")
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401

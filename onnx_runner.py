@@ -59,6 +59,8 @@ def load_export(folder: str, int8: bool = False) -> tuple:
             hint = "; make one with export.py --quantize int8" if int8 else ""
             raise InputError(f"{folder}: this export has no {graph}{hint}")
         model = OnnxClassifier(os.path.join(folder, graph), report["inputs"], len(names), cfg.max_length)
+    except InputError:  # already says what is wrong, and where
+        raise
     except (OSError, ValueError, KeyError) as e:  # onnxruntime's load errors are RuntimeErrors of their own
         raise InputError(f"{folder}: not a usable export ({str(e).splitlines()[0][:200]})")
     except Exception as e:

@@ -32,7 +32,7 @@ from calibrate import decide, probabilities
 from checkpoint import atomic_path, load_model, read_label_groups, sha256_file, write_json
 from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, os_problem, run_cli
 from dataset import (PREDICT_EXTENSIONS, Collator, EncodedDataset, has_column, iter_predict_file, load_label_map,
-                     load_labelled_file, tokenize)
+                     load_labelled_file, prediction_columns, tokenize)
 from ensemble import Ensemble, is_ensemble, load_ensemble
 from long_text import check_window_options, window_spec
 from tasks import combined_names, is_multitask, split_option, task_labels, task_probabilities, tasks_from_folder
@@ -257,6 +257,12 @@ def output_names(files: list, out_format: str = "csv") -> dict:
     for stem, group in stems.items():
         for name in group:
             out[name] = f"{stem}{ext}" if len(group) == 1 or name.lower().endswith(ext) else f"{name}{ext}"
+    taken = {}
+    for name, out_name in out.items():  # a.txt -> a.txt.csv beside an input named a.txt.csv: one would be lost
+        if out_name.lower() in taken:
+            raise InputError(f"{name} and {taken[out_name.lower()]}: both would be predicted into {out_name}; "
+                             "rename one of them")
+        taken[out_name.lower()] = name
     return out
 
 
@@ -271,7 +277,6 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     `keep_probs` collects the probability chunks for --report."""
     temperature = extra.get("temperature", 1.0)
     tasks = model_tasks(cfg)
-    label_cols = ["label"] if not tasks else [f"label_{t.name}" for t in tasks]
     n_rows, counts = 0, {"tokens": 0}
     skipped = [0]
     started = time.perf_counter()
@@ -279,7 +284,7 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     text_cols = [cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])]
     with atomic_path(out_path) if run.is_main else contextlib.nullcontext(os.devnull) as tmp, \
             PredictionWriter(tmp, cfg.out_format if run.is_main else "csv",
-                             [*text_cols, *label_cols, *names]) as writer:
+                             prediction_columns(text_cols, tasks and [t.name for t in tasks], names)) as writer:
         for _, texts, texts2 in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped, cfg.text_col2):
             probs = predict_sharded(model, tokenizer, texts, cfg, run, temperature, counts, texts2)
             if keep_probs is not None:
@@ -324,23 +329,22 @@ def main(argv=None) -> int:
     runtime = {k: given.get(k, getattr(Config(), k)) for k in RUNTIME_FIELDS}
     if workers := local_worker_count(runtime["parallel"], runtime["device"]):
         return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
-    if not os.path.isdir(runtime["input_dir"]):
-        raise InputError(f"{runtime['input_dir']}: input folder not found")
-    if not runtime["out_dir"]:
-        raise InputError("--out_dir is empty: name the folder for the predictions")
-    if os.path.realpath(runtime["out_dir"]) == os.path.realpath(runtime["input_dir"]):
-        raise InputError(f"--out_dir {runtime['out_dir']} is the input folder (-f {runtime['input_dir']}): the "
-                         "predictions would replace the inputs of the same name; give another --out_dir")
+    check_folders(runtime["input_dir"], runtime["out_dir"])
     maps_given = [load_label_map(path) for path in split_option(runtime["dict_path"])]
     run = setup_run(runtime["device"], runtime["precision"])
     if runtime["parallel"] and run.world_size == 1:
         run.print(f"-p True: {torch.cuda.device_count()} GPU(s) on this machine, predicting in one process "
                   f"on {run.device}")
     model, tokenizer, cfg, names, extra = load_any_model(runtime["save_path"], run.device, run.precision)
+    if os.path.isfile(os.path.join(runtime["save_path"], "export.json")) and run.precision != "int8":
+        run.precision = "fp32"  # onnxruntime runs the fp32 graph: autocast does not reach it, the summary says so
     check_label_map(given_names(maps_given, cfg, runtime), names, runtime, cfg._label_groups)
     for key, value in {**given, **runtime}.items():  # runtime settings and explicit overrides of the training config
         setattr(cfg, key, value)
     check_prediction_options(cfg, model, tokenizer)
+    tasks = model_tasks(cfg)
+    prediction_columns([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])],
+                       tasks and [t.name for t in tasks], names)  # before any file is written
     files = input_files(cfg.input_dir)
     if run.is_main:
         try:
@@ -375,6 +379,16 @@ def main(argv=None) -> int:
     if failed and run.is_main:
         print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_folders(input_dir: str, out_dir: str) -> None:
+    if not os.path.isdir(input_dir):
+        raise InputError(f"{input_dir}: input folder not found")
+    if not out_dir:
+        raise InputError("--out_dir is empty: name the folder for the predictions")
+    if os.path.realpath(out_dir) == os.path.realpath(input_dir):
+        raise InputError(f"--out_dir {out_dir} is the input folder (-f {input_dir}): the predictions would replace "
+                         "the inputs of the same name; give another --out_dir")
 
 
 def given_names(maps_given: list, cfg: Config, runtime: dict) -> list:

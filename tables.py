@@ -49,8 +49,9 @@ def decoded_lines(path: str, lines, word: str = "line"):
             try:
                 line = line.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(f"{path}, {word} {number}: not UTF-8 text (byte 0x{line[e.start:e.start + 1].hex()}); "
-                                 "save it as UTF-8")
+                guess = " (it looks like Latin-1 or Windows-1252)" if line[e.start] >= 0x80 else ""
+                raise InputError(f"{path}, {word} {number}: not UTF-8 text, byte 0x{line[e.start:e.start + 1].hex()}"
+                                 f"{guess}; save it as UTF-8")
         yield line
 
 

@@ -8,6 +8,7 @@ export and --boost stay those of one classifier. The model folder's classes.json
 and multi-label flags, calibration.json one temperature (and thresholds) per task. A row may leave a task's cell
 empty: that task's loss is masked for the row. With one task nothing here is used: single-task runs are as before.
 """
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +57,10 @@ def per_task(value, n: int, option: str, kind) -> list:
         values = values * n
     if len(values) != n:
         raise InputError(f"{option}: {len(values)} values for {n} tasks; give one, or one per task")
-    return [kind(v) for v in values]
+    try:
+        return [kind(v) for v in values]
+    except ValueError as e:
+        raise InputError(f"{option} {','.join(map(str, values))}: {e}")
 
 
 def build_tasks(cfg, label_maps: list) -> list:
@@ -76,8 +80,8 @@ def build_tasks(cfg, label_maps: list) -> list:
     multi = per_task(cfg.multi_label, len(names), "--multi_label", bool)
     weights = per_task(split_option(cfg.task_weights) if cfg.task_weights else [1.0], len(names), "--task_weights",
                        float)
-    if any(not w > 0 for w in weights):
-        raise InputError(f"--task_weights {cfg.task_weights}: every weight must be positive")
+    if any(not 0 < w < math.inf for w in weights):
+        raise InputError(f"--task_weights {cfg.task_weights}: every weight must be positive and finite")
     tasks, start = [], 0
     for name, classes, multi_label, weight in zip(names, label_maps, multi, weights):
         tasks.append(Task(name, classes, multi_label, start, weight, index={c: i for i, c in enumerate(classes)}))

@@ -34,7 +34,7 @@ from config import Config, InputError, RunFault, build_parser, config_from_args,
 from checkpoint import FolderLock, model_in_place, save_model, write_json, writing
 from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler, check_task_data,
                      check_training_data, check_validation_data, class_counts, data_fingerprint, load_label_map,
-                     load_labelled_file, split_keys, stratified_split, tokenize)
+                     load_labelled_file, prediction_columns, split_keys, stratified_split, tokenize)
 from distill import check_teacher, teacher_rules, teacher_targets
 from label_groups import GroupReadOut, load_label_groups
 from losses import make_loss, make_multitask_loss
@@ -127,6 +127,8 @@ def load_data(cfg: Config, whole: bool = False):
     splits it into folds): the checked --train_path unsplit, and None."""
     tasks = load_tasks(cfg) if is_multitask(cfg) else None
     names = load_label_map(cfg.dict_path) if tasks is None else combined_names(tasks)
+    prediction_columns([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])],
+                       tasks and [t.name for t in tasks], names)  # a class that would overwrite a column
     loaded, problems = {}, []
     for path in filter(None, (cfg.train_path, cfg.valid_path)):  # both files checked before either is reported
         try:

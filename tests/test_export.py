@@ -95,8 +95,10 @@ def test_predict_py_runs_an_export_with_onnxruntime_and_writes_the_same_csvs(tra
     results = {}
     for name, folder in (("torch", trained["save"]), ("onnx", out)):
         code, stdout, err = call(predict.main, ["-f", str(inputs), "-d", classes, "--save_path", folder, "--out_dir",
-                                                str(tmp_path / name), "--report", "True", "--precision", "fp32"])
+                                                str(tmp_path / name), "--report", "True", "--precision",
+                                                "fp32" if name == "torch" else "bf16"])
         assert code == 0, err
+        assert "precision fp32" in stdout  # what ran, also where --precision asked for more
         results[name] = {f: open(tmp_path / name / f, encoding="utf-8").read().splitlines() for f in ("a.csv", "b.csv")}
         assert "a.csv: accuracy" in stdout and os.path.isdir(tmp_path / name / "report_a")
     for f in ("a.csv", "b.csv"):
@@ -128,7 +130,7 @@ def test_hf_export_loads_in_transformers_and_its_pipeline_gives_our_calibrated_p
     assert clf.extra["temperature"] != 1.0  # the folded temperature is really tested
     np.testing.assert_allclose(theirs, clf.predict(texts).probabilities, atol=1e-5)
     code, _, err = call(predict.main, ["-f", str(tmp_path), "--save_path", out])
-    assert code == 2 and "a Hugging Face export" in err, err
+    assert code == 2 and err.startswith(f"error: {out}: a Hugging Face export"), err  # not "model.onnx: ..."
 
 
 def test_hf_export_refuses_a_pooling_its_head_does_not_compute(trained):
@@ -179,3 +181,11 @@ def test_an_out_folder_that_cannot_be_made_or_a_full_disk_is_one_line(trained, m
     assert code == 3 and "No space left on device" in err and err.count("\n") == 1, err
     assert not os.path.exists(trained["dir"] / "full")
     assert not [n for n in os.listdir(trained["dir"]) if n.startswith(".full")]  # staging removed
+
+
+def test_quantize_is_refused_for_a_hugging_face_folder(trained):
+    import export
+    code, _, err = call(export.main, ["--save_path", trained["save"], "--format", "hf", "--quantize", "int8",
+                                      "--out", str(trained["dir"] / "hf_int8")])
+    assert code == 2 and "--quantize int8 quantises the ONNX graph: use it with --format onnx" in err, err
+    assert err.count("\n") == 1 and not os.path.exists(trained["dir"] / "hf_int8")

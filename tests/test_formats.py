@@ -222,5 +222,6 @@ def test_a_byte_that_is_not_utf8_is_named_by_line_when_streamed(tmp_path, name, 
     bad = '{"sentences": "caf\xe9"}\n'.encode("latin-1") if name.endswith(".jsonl") else "caf\xe9\n".encode("latin-1")
     filler = ('{"sentences": "%s"}\n' if name.endswith(".jsonl") else "%s\n") % ("x" * 20000)  # past a read buffer
     (tmp_path / name).write_bytes((good + filler).encode() + bad)
-    with pytest.raises(InputError, match=rf"{name}, line {line}: not UTF-8 text \(byte 0xe9\); save it as UTF-8"):
+    with pytest.raises(InputError, match=rf"{name}, line {line}: not UTF-8 text, byte 0xe9 \(it looks like Latin-1 "
+                                         r"or Windows-1252\); save it as UTF-8"):
         list(iter_predict_file(str(tmp_path / name), "sentences", 100))

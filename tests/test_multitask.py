@@ -96,6 +96,15 @@ def test_tasks_own_consecutive_blocks_of_outputs_with_their_weights_and_multi_la
     assert [t.weight for t in make_tasks(task_weights="2")] == [2.0, 2.0]
 
 
+@pytest.mark.parametrize("weights, message", [("1,abc", "--task_weights 1,abc: could not convert string to float"),
+                                              ("inf,1", "every weight must be positive and finite"),
+                                              ("1,-1", "every weight must be positive and finite")])
+def test_task_weights_that_are_no_numbers_or_not_finite_are_one_line(weights, message):
+    from config import InputError
+    with pytest.raises(InputError, match=message):
+        make_tasks(task_weights=weights)
+
+
 def test_task_targets_are_one_hot_multi_hot_and_minus_one_where_a_cell_is_empty():
     from tasks import task_targets
     single = make_tasks()

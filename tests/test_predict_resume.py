@@ -63,7 +63,7 @@ def test_bad_files_are_reported_and_skipped_the_rest_predicted(tmp_path, trained
     out = tmp_path / "out"
     code, stdout, err = call(predict.main, predict_args(trained, inputs, out))
     assert code == 1
-    assert "latin.txt, row 1: not UTF-8 text (byte 0xe9)" in err
+    assert "latin.txt, row 1: not UTF-8 text, byte 0xe9 (it looks like Latin-1 or Windows-1252)" in err
     assert "nocol.csv, row 1: no column 'sentences' (columns: text); name it with --text_col" in err
     assert "blank.txt: no sentences to predict" in err
     assert "ctrl.txt, row 2: control character U+0007 at position 6" in err
@@ -201,3 +201,11 @@ def test_a_full_disk_when_noting_a_file_done_is_one_line_exit_3(tmp_path, traine
     assert "predict_state.json: cannot write" in err and "a rerun predicts it again" in err
     written = [n for n in os.listdir(tmp_path / "out") if not n.startswith(".")]
     assert len(written) == 1 and written[0].endswith(".csv")  # the first file, whole; nothing half-written
+
+
+def test_two_inputs_that_would_share_a_predictions_file_are_refused(tmp_path):
+    from config import InputError
+    from predict import output_names
+    assert output_names(["a.csv", "a.txt"]) == {"a.csv": "a.csv", "a.txt": "a.txt.csv"}
+    with pytest.raises(InputError, match=r"a.txt.csv and a.txt: both would be predicted into a.txt.csv"):
+        output_names(["a.csv", "a.txt", "a.txt.csv"])

@@ -459,6 +459,7 @@ def test_seeds_share_one_boost_cache_and_runs_share_a_given_one(data, tmp_path):
     assert code == 0, err
     encoded, cached = out.split("== member seed_43")
     assert "--boost: encoded" in encoded and "--boost: encoded" not in cached  # the second seed reads the first's
+    assert "encoding for --boost" not in err  # off a terminal no progress bar is redrawn into the log
     assert "sentence vectors from the cache" in cached
     assert os.listdir(save / "boost_cache") and not (save / "members" / "seed_42" / "boost_cache").exists()
     shared = tmp_path / "shared_cache"
