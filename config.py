@@ -276,10 +276,15 @@ def run_cli(main, whole_process: bool = False) -> None:
     """Run an entry point: input problems become one line on stderr and exit code 2, faults during the run exit
     code 3, Ctrl-C exit 130. `whole_process`: main is the program (train.py, predict.py, export.py run as
     scripts), and the process ends when it returns."""
-    if whole_process and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    terminable = whole_process and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    if terminable:
         signal.signal(signal.SIGTERM, _terminated)  # a default SIGTERM would kill it before any clean-up
     try:
-        code = main()
+        try:
+            code = main()
+        finally:
+            if terminable:  # past main, nothing is half-written: a SIGTERM may end the process as it always did
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
     except InputError as e:
         sys.stderr.write(f"error: {e}\n")
         code = 2

@@ -143,20 +143,28 @@ def data_fingerprint(names: list, *datasets: LabelledData) -> str:
     validate on again (a file edited, cut or relabelled since the checkpoint gives another)."""
     digest = hashlib.sha256(json.dumps(names).encode("utf-8"))
     for data in datasets:
-        digest.update(json.dumps([data.texts, data.texts2, data.labels], default=str).encode("utf-8"))
+        for start in range(0, len(data.texts), 10_000):  # in chunks: a million rows never become one string
+            rows = slice(start, start + 10_000)
+            digest.update(json.dumps([data.texts[rows], data.texts2 and data.texts2[rows], data.labels[rows]],
+                                     default=str).encode("utf-8"))
+        digest.update(b"|")  # where one dataset ends: the same rows split otherwise give another fingerprint
     return digest.hexdigest()
 
 
 def prediction_columns(text_cols: list, task_names: list, names: list) -> list:
     """predict.py's header: the text column(s), the chosen class (`label`, or `label_<task>` for several tasks),
-    then one probability column per class; a class named like another column would overwrite it, so refused."""
-    header = [*text_cols, *(["label"] if not task_names else [f"label_{t}" for t in task_names]), *names]
+    then one probability column per class (the model's outputs: with --label_groups, the groups)."""
+    return [*text_cols, *(["label"] if not task_names else [f"label_{t}" for t in task_names]), *names]
+
+
+def column_clash(header: list) -> str:
+    """Why `header` cannot be written with a column per name (a class named `label` or like a text column would
+    overwrite it in JSON lines and Parquet, and leave two columns of one name in a CSV); "" if it can."""
     clashes = sorted({c for c in header if header.count(c) > 1})
-    if clashes:
-        raise InputError(f"class name(s) {', '.join(map(repr, clashes))}: predict.py writes the columns "
-                         f"{', '.join(header)}, and each name must be a column of its own; rename the class "
-                         "(or the text column)")
-    return header
+    if not clashes:
+        return ""
+    return (f"{', '.join(map(repr, clashes))} would name two of predict.py's columns ({', '.join(header)}: the text "
+            "column(s), the chosen class, one per class); rename the class or the text column")
 
 
 def parse_label(cell: str, names: list, index: dict, multi_label: bool):

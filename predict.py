@@ -32,7 +32,7 @@ from calibrate import decide, probabilities
 from checkpoint import atomic_path, load_model, read_label_groups, sha256_file, write_json
 from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, os_problem, run_cli
 from dataset import (PREDICT_EXTENSIONS, Collator, EncodedDataset, has_column, iter_predict_file, load_label_map,
-                     load_labelled_file, prediction_columns, tokenize)
+                     load_labelled_file, column_clash, prediction_columns, tokenize)
 from ensemble import Ensemble, is_ensemble, load_ensemble
 from long_text import check_window_options, window_spec
 from tasks import combined_names, is_multitask, split_option, task_labels, task_probabilities, tasks_from_folder
@@ -259,10 +259,10 @@ def output_names(files: list, out_format: str = "csv") -> dict:
             out[name] = f"{stem}{ext}" if len(group) == 1 or name.lower().endswith(ext) else f"{name}{ext}"
     taken = {}
     for name, out_name in out.items():  # a.txt -> a.txt.csv beside an input named a.txt.csv: one would be lost
-        if out_name.lower() in taken:
-            raise InputError(f"{name} and {taken[out_name.lower()]}: both would be predicted into {out_name}; "
+        if out_name in taken:
+            raise InputError(f"{taken[out_name]} and {name}: both would be predicted into {out_name}; "
                              "rename one of them")
-        taken[out_name.lower()] = name
+        taken[out_name] = name
     return out
 
 
@@ -342,9 +342,7 @@ def main(argv=None) -> int:
     for key, value in {**given, **runtime}.items():  # runtime settings and explicit overrides of the training config
         setattr(cfg, key, value)
     check_prediction_options(cfg, model, tokenizer)
-    tasks = model_tasks(cfg)
-    prediction_columns([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])],
-                       tasks and [t.name for t in tasks], names)  # before any file is written
+    check_columns(cfg, names, run)
     files = input_files(cfg.input_dir)
     if run.is_main:
         try:
@@ -379,6 +377,19 @@ def main(argv=None) -> int:
     if failed and run.is_main:
         print(f"{len(failed)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def check_columns(cfg: Config, names: list, run) -> None:
+    """Every predictions column a name of its own (train.py refuses other names since 5 Dec 2026): a model trained
+    before that still writes its CSV (two columns of one name, in order), while JSON lines and Parquet, which would
+    lose one of them, are refused."""
+    tasks = model_tasks(cfg)
+    clash = column_clash(prediction_columns([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])],
+                                            tasks and [t.name for t in tasks], names))
+    if clash and cfg.out_format != "csv":
+        raise InputError(f"--out_format {cfg.out_format}: {clash} (or predict to csv)")
+    if clash:
+        run.print(f"warning: {clash}", file=sys.stderr)
 
 
 def check_folders(input_dir: str, out_dir: str) -> None:

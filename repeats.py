@@ -23,7 +23,7 @@ import numpy as np
 
 from checkpoint import MANIFEST, commit_copy, sha256_file, verify_folder, write_atomic, write_json, writing
 from config import Config, InputError
-from dataset import split_keys, stratified_folds, stratify_keys, warn
+from dataset import data_fingerprint, split_keys, stratified_folds, stratify_keys, warn
 from ensemble import write_ensemble
 from label_groups import load_label_groups
 from metrics import is_better
@@ -134,7 +134,8 @@ def train_members(cfg: Config, stop, train, load_data) -> int:
         with writing(plan.folder):
             write_json(os.path.join(plan.folder, MEMBER_FILE), {
                 "name": plan.name, "seed": plan.cfg.seed, "fold": plan.fold, "options": options,
-                "manifest_sha256": sha256_file(os.path.join(plan.folder, MANIFEST))})
+                "data_sha256": plan.cfg._data_sha256, "manifest_sha256": sha256_file(os.path.join(plan.folder,
+                                                                                                   MANIFEST))})
     with writing(cfg.save_path):
         summary = finish_members(cfg, plans)
     print_summary(cfg, plans, summary)
@@ -164,6 +165,9 @@ def is_complete(plan: Plan, options: dict) -> bool:
         return False
     if done.get("options") != options:
         print(f"member {plan.name}: trained with other options, training it again", flush=True)
+        return False
+    if done.get("data_sha256") not in (None, data_fingerprint(*plan.data)):  # None: written before it was recorded
+        print(f"member {plan.name}: trained on other rows or classes, training it again", flush=True)
         return False
     return done.get("manifest_sha256") == manifest and os.path.isfile(os.path.join(plan.folder, "metrics.json"))
 

@@ -34,7 +34,7 @@ from config import Config, InputError, RunFault, build_parser, config_from_args,
 from checkpoint import FolderLock, model_in_place, save_model, write_json, writing
 from dataset import (BucketBatchSampler, Collator, EncodedDataset, SplitBatchSampler, check_task_data,
                      check_training_data, check_validation_data, class_counts, data_fingerprint, load_label_map,
-                     load_labelled_file, prediction_columns, split_keys, stratified_split, tokenize)
+                     load_labelled_file, column_clash, prediction_columns, split_keys, stratified_split, tokenize)
 from distill import check_teacher, teacher_rules, teacher_targets
 from label_groups import GroupReadOut, load_label_groups
 from losses import make_loss, make_multitask_loss
@@ -55,10 +55,10 @@ def parse_config(argv=None) -> Config:
 
 def check_options(cfg: Config) -> None:
     """Option values that no parser type catches."""
-    label_cols = split_option(cfg.label_col)
+    label_cols, last_seed = split_option(cfg.label_col), 2 ** 32 - max(cfg.seeds, 1)
     rules = [(bool(cfg.train_path), "--train_path is empty: name the training file"),
-             (0 <= cfg.seed < 2 ** 32 - cfg.seeds, f"--seed must be in [0, {2 ** 32 - cfg.seeds}) (with --seeds "
-                                                   f"{cfg.seeds}: every member's seed under 2^32)"),
+             (0 <= cfg.seed <= last_seed, f"--seed must be in [0, {last_seed}] (with --seeds {cfg.seeds}: every "
+                                          "member's seed under 2^32)"),
              (cfg.num_workers >= 0, "--num_workers must be 0 or more"),
              (0 <= cfg.weight_decay < math.inf, "--weight_decay must be 0 or more (and finite)"),
              (cfg.max_grad_norm >= 0, "--max_grad_norm must be 0 (no clipping) or more"),
@@ -127,8 +127,7 @@ def load_data(cfg: Config, whole: bool = False):
     splits it into folds): the checked --train_path unsplit, and None."""
     tasks = load_tasks(cfg) if is_multitask(cfg) else None
     names = load_label_map(cfg.dict_path) if tasks is None else combined_names(tasks)
-    prediction_columns([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])],
-                       tasks and [t.name for t in tasks], names)  # a class that would overwrite a column
+    check_outputs(cfg, names, tasks)
     loaded, problems = {}, []
     for path in filter(None, (cfg.train_path, cfg.valid_path)):  # both files checked before either is reported
         try:
@@ -142,8 +141,6 @@ def load_data(cfg: Config, whole: bool = False):
     if tasks is not None:
         return names, *split_tasks_data(cfg, train, loaded.get(cfg.valid_path), tasks, whole)
     check_training_data(cfg.train_path, train, names, cfg.multi_label)
-    if cfg.label_groups:
-        load_label_groups(cfg.label_groups, names, cfg.multi_label)  # its problems before anything heavy starts
     if cfg.teacher:
         check_teacher(cfg, names, bool(cfg.text_col2))
     if cfg.valid_path:
@@ -154,6 +151,20 @@ def load_data(cfg: Config, whole: bool = False):
         return names, train, None
     train_idx, valid_idx = stratified_split(train.labels, cfg.valid_frac, cfg.seed, names, cfg.multi_label)
     return names, train.subset(train_idx), train.subset(valid_idx)
+
+
+def check_outputs(cfg: Config, names: list, tasks: list) -> None:
+    """What the model will output (the classes, or the groups of --label_groups, whose map is read and checked
+    here) must make predict.py's columns, each a name of its own; multi-label outputs without commas, which join
+    them in the label column."""
+    outputs = load_label_groups(cfg.label_groups, names, cfg.multi_label).names if cfg.label_groups else names
+    clash = column_clash(prediction_columns([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])],
+                                            tasks and [t.name for t in tasks], outputs))
+    if clash:
+        raise InputError(clash)
+    if cfg.label_groups and cfg.multi_label and any("," in group for group in outputs):
+        raise InputError(f"--label_groups {cfg.label_groups}: a group name has a comma; with --multi_label True a "
+                         "comma separates the groups in predict.py's label column: rename it")
 
 
 def load_tasks(cfg: Config) -> list:

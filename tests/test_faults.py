@@ -329,3 +329,11 @@ def test_sigterm_outside_training_unwinds_one_line_exit_143_and_no_temporary_fil
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 143 and done.stderr == "terminated (SIGTERM)\n", done.stderr
     assert os.listdir(tmp_path) == []
+    # once main has returned, SIGTERM is the default again: nothing is left to clean up
+    after = ("import atexit, signal, sys\n"
+             f"sys.path.insert(0, {ROOT!r})\n"
+             "from config import run_cli\n"
+             "atexit.register(lambda: print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL))\n"
+             "run_cli(lambda: 0, whole_process=True)\n")
+    done = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout == "True\n", done.stderr

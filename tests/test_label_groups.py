@@ -273,3 +273,18 @@ def test_a_checkpoint_older_than_an_option_resumes_only_with_that_option_at_its_
     assert load_resumable("step-5", Config(), run, state) is state
     with pytest.raises(InputError, match="trained with other settings: --label_groups  \\(now groups.json\\)"):
         load_resumable("step-5", Config(label_groups="groups.json"), run, state)
+
+
+def test_the_column_rule_reads_the_groups_the_model_outputs_not_its_fine_classes(tmp_path):
+    """With --label_groups predict.py writes a column per group: a fine class named `label` never becomes a column
+    (accepted), a group named `label` would (refused)."""
+    import json
+
+    import train
+    from config import Config, InputError
+    fine = ["anger", "label", "sadness"]
+    (tmp_path / "ok.json").write_text(json.dumps({"neg": ["anger", "sadness"], "pos": ["label"]}), encoding="utf-8")
+    train.check_outputs(Config(label_groups=str(tmp_path / "ok.json")), fine, None)
+    (tmp_path / "bad.json").write_text(json.dumps({"label": ["anger", "sadness"], "pos": ["joy"]}), encoding="utf-8")
+    with pytest.raises(InputError, match="'label' would name two of predict.py's columns"):
+        train.check_outputs(Config(label_groups=str(tmp_path / "bad.json")), ["anger", "joy", "sadness"], None)

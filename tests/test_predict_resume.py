@@ -207,5 +207,24 @@ def test_two_inputs_that_would_share_a_predictions_file_are_refused(tmp_path):
     from config import InputError
     from predict import output_names
     assert output_names(["a.csv", "a.txt"]) == {"a.csv": "a.csv", "a.txt": "a.txt.csv"}
-    with pytest.raises(InputError, match=r"a.txt.csv and a.txt: both would be predicted into a.txt.csv"):
+    assert output_names(["A.csv", "a.csv", "Notes.txt", "notes.csv"]) == {  # names differing in case are two files
+        "A.csv": "A.csv", "a.csv": "a.csv", "Notes.txt": "Notes.csv", "notes.csv": "notes.csv"}
+    with pytest.raises(InputError, match=r"a.txt and a.txt.csv: both would be predicted into a.txt.csv"):
         output_names(["a.csv", "a.txt", "a.txt.csv"])
+
+
+def test_a_model_from_before_the_column_rule_still_predicts_to_csv_with_a_warning(capsys):
+    """train.py now refuses a class named like another column; a model trained before still writes its CSV (two
+    columns of one name, in order), and JSON lines and Parquet, which would drop one, are refused."""
+    import torch
+
+    from config import Config, InputError
+    from predict import check_columns
+    from runtime import Run
+    run = Run(torch.device("cpu"))
+    check_columns(Config(out_format="csv"), ["anger", "label"], run)
+    assert "warning: 'label' would name two of predict.py's columns" in capsys.readouterr().err
+    with pytest.raises(InputError, match="--out_format jsonl: 'label' would name two"):
+        check_columns(Config(out_format="jsonl"), ["anger", "label"], run)
+    check_columns(Config(out_format="parquet"), ["anger", "joy"], run)  # no clash: nothing said
+    assert capsys.readouterr().err == ""

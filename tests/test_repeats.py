@@ -474,3 +474,18 @@ def test_seeds_share_one_boost_cache_and_runs_share_a_given_one(data, tmp_path):
                            ([*boost, "--boost_cache", str(tmp_path / "a_file")], "exists and is not a folder")):
         code, out, err = call(train.main, [*data["args"], "--save_path", str(tmp_path / "c"), *flags])
         assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_finished_member_trained_on_other_rows_is_trained_again(data, tmp_path):
+    """member.json records the data's SHA-256: a training file relabelled in place after the members finished
+    makes --resume auto train them again, not reuse them beside new ones."""
+    import shutil
+    own = {**data, "args": [a if a != data["train"] else str(tmp_path / "train.csv") for a in data["args"]]}
+    shutil.copyfile(data["train"], tmp_path / "train.csv")
+    run_train(own, tmp_path / "run", "--seeds", "2")
+    assert run_train(own, tmp_path / "run", "--seeds", "2", "--resume", "auto").count("not trained again") == 2
+    rows = make_rows(ROWS)
+    write_csv(tmp_path / "train.csv", [(rows[0][0], rows[1][1]), *rows[1:]])  # the first row relabelled
+    out = run_train(own, tmp_path / "run", "--seeds", "2", "--resume", "auto")
+    assert out.count("trained on other rows or classes, training it again") == 2, out
+    assert "not trained again" not in out and out.count("== member") == 2
