@@ -260,6 +260,18 @@ def commit_copy(folder: str, copies: dict, objects: dict = None) -> None:
         commit_files(folder, staged, replace=True)
 
 
+def replace_folder(stage: str, out: str) -> None:
+    """Put the folder `stage` in place of `out` (an earlier one, or nothing) by renames: never half of it there."""
+    old = None
+    if os.path.exists(out):
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.", dir=os.path.dirname(out))
+        os.rmdir(old)
+        os.rename(out, old)
+    os.rename(stage, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _remove_dead_staging(folder: str) -> None:
     """Delete staging folders left by saves whose process was killed (their pid is gone)."""
     for name in os.listdir(folder):

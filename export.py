@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from checkpoint import replace_folder
 from config import Config, InputError, RunFault, build_parser, config_from_args, os_problem, run_cli
 from long_text import window_spec
 
@@ -231,18 +232,6 @@ def print_scores(scores: dict, labels: list, names: list, trained, extra) -> Non
         f"{what}: accuracy {r['accuracy']:.4f} macro-F1 {r['macro_f1']:.4f}" for what, r in
         ((what, evaluate_predictions(p, labels, names, trained.multi_label, extra.get("thresholds")))
          for what, p in scores.items())))
-
-
-def replace_folder(stage: str, out: str) -> None:
-    """Put `stage` in place of `out` (an earlier export, or nothing) by renames: never half an export there."""
-    old = None
-    if os.path.exists(out):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old.", dir=os.path.dirname(out))
-        os.rmdir(old)
-        os.rename(out, old)
-    os.rename(stage, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":

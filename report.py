@@ -15,6 +15,7 @@ train.py writes it into save_path/report/ for the best epoch; predict.py --repor
 Plots use matplotlib's Agg backend: no display is needed. No file here is a .csv, so an out_dir of
 predictions holds predictions CSVs only. Nothing here grows with the square of the class count but the matrix.
 """
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -172,10 +173,23 @@ def training_report(save_path: str, logits, labels: list, names: list, multi_lab
                     metric: str, best_epoch: int, print_fn=print, keep_probabilities: bool = False) -> dict:
     """After training: fit the temperature (and thresholds) on the best epoch's validation logits, store them in
     the model folder's calibration.json, write save_path/report/ and print a summary."""
-    saved, metrics = calibrated_report(os.path.join(save_path, "report"), logits, labels, names, multi_label,
-                                       history, metric, best_epoch, print_fn, keep_probabilities)
+    with staged_report(save_path) as stage:
+        saved, metrics = calibrated_report(stage, logits, labels, names, multi_label, history, metric, best_epoch,
+                                           print_fn, keep_probabilities, shown=os.path.join(save_path, "report"))
     commit_calibration(save_path, saved)
     return metrics
+
+
+@contextlib.contextmanager
+def staged_report(save_path: str):
+    """A folder to write the report into; once it is whole it replaces save_path/report in renames, so a run
+    that fails while writing it (a full disk) leaves the earlier report as it was, never half of a new one."""
+    from checkpoint import replace_folder, staging, writing
+    with staging(save_path) as stage:
+        folder = os.path.join(stage, "report")
+        yield folder
+        with writing(save_path):
+            replace_folder(folder, os.path.join(save_path, "report"))
 
 
 def multitask_report(save_path: str, logits, labels: list, tasks: list, history: list, metric: str,
@@ -185,15 +199,17 @@ def multitask_report(save_path: str, logits, labels: list, tasks: list, history:
     from tasks import task_labels
     logits = np.asarray(logits, dtype=np.float64)
     fitted, results = {}, {}
-    for k, task in enumerate(tasks):
-        rows, mine = task_labels(labels, k)
-        if not rows:
-            print_fn(f"\ntask {task.name}: no labelled validation row, not calibrated")
-            continue
-        print_fn(f"\ntask {task.name}:")
-        fitted[task.name], results[task.name] = calibrated_report(
-            os.path.join(save_path, "report", task.name), logits[rows, task.start:task.stop], mine, task.classes,
-            task.multi_label, history, metric, best_epoch, print_fn, keep_probabilities)
+    with staged_report(save_path) as stage:
+        for k, task in enumerate(tasks):
+            rows, mine = task_labels(labels, k)
+            if not rows:
+                print_fn(f"\ntask {task.name}: no labelled validation row, not calibrated")
+                continue
+            print_fn(f"\ntask {task.name}:")
+            fitted[task.name], results[task.name] = calibrated_report(
+                os.path.join(stage, task.name), logits[rows, task.start:task.stop], mine, task.classes,
+                task.multi_label, history, metric, best_epoch, print_fn, keep_probabilities,
+                shown=os.path.join(save_path, "report", task.name))
     commit_calibration(save_path, {"temperature": 1.0, "tasks": fitted})
     return results
 
@@ -208,7 +224,8 @@ def commit_calibration(save_path: str, saved: dict) -> None:
 
 
 def calibrated_report(folder: str, logits, labels: list, names: list, multi_label: bool, history: list,
-                      metric: str, best_epoch: int, print_fn=print, keep_probabilities: bool = False) -> tuple:
+                      metric: str, best_epoch: int, print_fn=print, keep_probabilities: bool = False,
+                      shown: str = None) -> tuple:
     """(calibration.json's content, metrics): the temperature (and thresholds) fitted on `logits`, and the report
     of the calibrated probabilities written into `folder` and printed; with `keep_probabilities`, those
     probabilities too (PROBABILITIES_FILE)."""
@@ -229,7 +246,7 @@ def calibrated_report(folder: str, logits, labels: list, names: list, multi_labe
     print_fn(f"\nvalidation report (best epoch {best_epoch}, temperature {saved['temperature']:.3f}"
              f"{', per-class thresholds tuned for F1' if multi_label else ''}):\n{metrics['text']}")
     print_fn(f"calibration: ECE {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}, NLL {fit['nll_before']:.4f} -> "
-             f"{fit['nll_after']:.4f} | " + score_summary(metrics, multi_label) + f"\nreport: {folder}")
+             f"{fit['nll_after']:.4f} | " + score_summary(metrics, multi_label) + f"\nreport: {shown or folder}")
     return saved, metrics
 
 

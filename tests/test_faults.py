@@ -337,3 +337,29 @@ def test_sigterm_outside_training_unwinds_one_line_exit_143_and_no_temporary_fil
              "run_cli(lambda: 0, whole_process=True)\n")
     done = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout == "True\n", done.stderr
+
+
+def test_a_full_disk_while_writing_the_report_leaves_the_earlier_report_whole(tiny_task, monkeypatch):
+    """The report is written into a staging folder and put in place by renames: a run that fails half-way through
+    it (exit 3) leaves the earlier run's report/ as it was, not a mix of two runs."""
+    import errno
+
+    import report
+    import train
+    code, _, err = call(train.main, train_args(tiny_task, "--n_epochs", "1"))
+    assert code == 0, err
+    folder = os.path.join(tiny_task["save"], "report")
+
+    def files():
+        from checkpoint import sha256_file
+        return {n: sha256_file(os.path.join(folder, n)) for n in sorted(os.listdir(folder))}
+    before = files()
+    assert "learning_curves.png" in before and "metrics.json" in before
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "learning_curves.png")
+    monkeypatch.setattr(report, "plot_learning_curves", full)  # after the first files of the new report
+    code, _, err = call(train.main, train_args(tiny_task, "--n_epochs", "1", "--seed", "7"))
+    assert code == 3 and "No space left on device" in one_line(err), err
+    assert files() == before
+    assert not [n for n in os.listdir(tiny_task["save"]) if n.startswith(".")]  # no staging folder left
