@@ -51,8 +51,8 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray, multi_label: bool) -> flo
     found = minimize_scalar(lambda log_t: nll(logits, y, multi_label, float(np.exp(log_t))),
                             bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     best = float(np.exp(found.x))
-    # the search must never make things worse than leaving the logits alone
-    return best if nll(logits, y, multi_label, best) <= nll(logits, y, multi_label, 1.0) else 1.0
+    # the search must make things better than leaving the logits alone, or T stays 1 (a flat NLL: any T ties)
+    return best if nll(logits, y, multi_label, best) < nll(logits, y, multi_label, 1.0) else 1.0
 
 
 def tune_thresholds(probs: np.ndarray, y: np.ndarray) -> np.ndarray:

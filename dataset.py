@@ -118,12 +118,18 @@ def _read_text(path: str, what: str) -> str:
 
 # Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F; tab and newline are ordinary text.
 CONTROL_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# half of a UTF-16 pair alone (JSON's "\ud800"): Python keeps it in a str, no tokenizer can read it
+SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def _control_char(text: str):
-    """The first control character (Unicode Cc other than tab and newline) in text, or None."""
-    found = CONTROL_RE.search(text)  # a regex, not a loop over characters: files of a million lines pass here
+    """The first control character (Unicode Cc other than tab and newline) or lone surrogate in text, or None."""
+    found = CONTROL_RE.search(text) or SURROGATE_RE.search(text)  # regexes: files of a million lines pass here
     return (found.start(), found.group()) if found else None
+
+
+def char_kind(char: str) -> str:
+    return "lone surrogate" if SURROGATE_RE.match(char) else "control character"
 
 
 @dataclass
@@ -229,7 +235,7 @@ def load_labelled_file(path: str, text_col: str, label_col: str, names: list, mu
             continue
         for col, cell in zip(text_cols, cells):
             if bad := _control_char(cell):
-                problems.append(f"{path}, {word} {row}, column '{col}': control character U+{ord(bad[1]):04X} "
+                problems.append(f"{path}, {word} {row}, column '{col}': {char_kind(bad[1])} U+{ord(bad[1]):04X} "
                                 f"at position {bad[0] + 1}")
         if tasks is None:
             try:
@@ -657,7 +663,7 @@ def iter_predict_file(path: str, text_col: str, chunk_rows: int, skipped: list =
             for col, cell in zip(text_cols, cells):
                 if bad := _control_char(cell):
                     raise InputError(f"{path}, {word} {row}" + (f", column '{col}'" if col else "") +
-                                     f": control character U+{ord(bad[1]):04X} at position {bad[0] + 1}")
+                                     f": {char_kind(bad[1])} U+{ord(bad[1]):04X} at position {bad[0] + 1}")
             rows.append(row)
             for texts, cell in zip(chunk, cells):
                 texts.append(cell)

@@ -99,7 +99,11 @@ def parity_set(cfg: Config, trained: Config, names: list) -> tuple:
         data = predict.load_truth(cfg.check, trained, names, predict_tasks(trained))
         # several tasks: the graphs are checked on the texts; the scores below are single-task only
         return data.texts, data.texts2, None if predict_tasks(trained) else data.labels
-    return PARITY_TEXTS, (PARITY_TEXTS[::-1] if trained.text_col2 else None), None
+    if not trained.text_col2:
+        return PARITY_TEXTS, None, None
+    # a pair: each text with another; short ones where windows cap the second text's length
+    second = [" ".join(t.split()[:4]) for t in PARITY_TEXTS] if trained.long_text == "windows" else PARITY_TEXTS
+    return PARITY_TEXTS, second[::-1], None
 
 
 def build_export(stage, cfg, model, tokenizer, trained, names, extra, reference, texts, texts2, labels) -> dict:

@@ -30,14 +30,14 @@ import torch
 
 from calibrate import decide, probabilities
 from checkpoint import atomic_path, load_model, read_label_groups, sha256_file, write_json
-from config import PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, os_problem, run_cli
-from dataset import (PREDICT_EXTENSIONS, Collator, EncodedDataset, has_column, iter_predict_file, load_label_map,
-                     load_labelled_file, column_clash, prediction_columns, tokenize)
+from config import PRECISIONS, PREDICT_BATCH_SIZE, Config, InputError, RunFault, build_parser, os_problem, run_cli
+from dataset import (PREDICT_EXTENSIONS, SURROGATE_RE, Collator, EncodedDataset, column_clash, has_column,
+                     iter_predict_file, load_label_map, load_labelled_file, prediction_columns, tokenize)
 from ensemble import Ensemble, is_ensemble, load_ensemble
 from long_text import check_window_options, window_spec
 from tasks import combined_names, is_multitask, split_option, task_labels, task_probabilities, tasks_from_folder
 from tables import PredictionWriter
-from runtime import cleanup_run, launch_local_workers, local_worker_count, setup_run
+from runtime import cleanup_run, launch_local_workers, local_worker_count, pick_precision, setup_run
 
 CHUNK_ROWS = 8192  # rows read, sorted by length and predicted at a time: bounds memory on huge files
 RUNTIME_FIELDS = ("input_dir", "dict_path", "parallel", "save_path", "out_dir", "device", "precision",
@@ -148,6 +148,18 @@ def load_any_model(folder: str, device, precision: str = "auto"):
     return loaded
 
 
+def follow_training_precision(run, cfg: Config, folder: str, asked: str) -> None:
+    """The precision predictions run in. An ONNX export runs its fp32 graph (or int8), whatever was asked. Asked
+    for auto, a model trained with an explicit --precision (fp32, bf16) predicts in it where this device has it:
+    its temperature and thresholds were fitted on logits of that precision."""
+    if os.path.isfile(os.path.join(folder, "export.json")):
+        if run.precision != "int8":
+            run.precision = "fp32"  # autocast does not reach onnxruntime: the summary says what ran
+    elif asked == "auto" and cfg.precision not in ("auto", "int8", run.precision):
+        with contextlib.suppress(InputError):  # not on this device (fp16 trained on a GPU, predicted on a CPU)
+            run.precision = pick_precision(cfg.precision, run.device)
+
+
 def model_tasks(cfg: Config) -> list:
     """The tasks (tasks.Task) of a multitask model, calibrated, else None; kept on cfg once loaded."""
     return getattr(cfg, "_tasks", None)
@@ -217,8 +229,9 @@ class Classifier:
     def predict(self, texts: list, texts2: list = None, batch_size: int = None) -> Predictions:
         """Predictions for `texts` (pairs with texts2, for a model trained with --text_col2), in input order;
         batches are sorted by length inside."""
-        if isinstance(texts, str):
-            texts = [texts]
+        texts, texts2 = api_texts(texts, "texts"), None if texts2 is None else api_texts(texts2, "texts2")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise InputError(f"batch_size {batch_size!r}: must be an integer of at least 1")
         if bool(self.cfg.text_col2) != (texts2 is not None):
             raise InputError("this model reads pairs of texts: pass texts2" if self.cfg.text_col2 else
                              "this model reads single texts: texts2 must be None")
@@ -236,12 +249,34 @@ class Classifier:
         return Predictions(probs, label_names(chosen, self.classes, self.cfg.multi_label))
 
 
+def api_texts(texts, name: str) -> list:
+    """The Python API's texts: one string, or a list (tuple) of strings; anything else is one InputError."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise InputError(f"{name}: expected a string or a list of strings, got {type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise InputError(f"{name}[{i}]: expected a string, got {type(text).__name__}")
+        if found := SURROGATE_RE.search(text):
+            raise InputError(f"{name}[{i}]: lone surrogate U+{ord(found.group()):04X} at position {found.start() + 1}"
+                             ", which no tokenizer reads")
+    return list(texts)
+
+
 def load_classifier(save_path: str = "saved_model", device: str = "auto", precision: str = "auto",
                     batch_size: int = PREDICT_BATCH_SIZE, allow_empty: bool = False) -> Classifier:
     """The model in `save_path` (checked against its manifest) on `device` in `precision`, as predict.py's flags
     choose them."""
+    if not isinstance(save_path, str) or not isinstance(device, str):
+        raise InputError("save_path and device must be strings (a folder; auto, cpu, cuda or cuda:N)")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size {batch_size!r}: must be an integer of at least 1")
     run = setup_run(device, precision)
     model, tokenizer, cfg, classes, extra = load_any_model(save_path, run.device, run.precision)
+    follow_training_precision(run, cfg, save_path, precision)
     cfg.batch_size, cfg.allow_empty = batch_size, allow_empty
     return Classifier(model, tokenizer, cfg, classes, extra, run)
 
@@ -336,8 +371,7 @@ def main(argv=None) -> int:
         run.print(f"-p True: {torch.cuda.device_count()} GPU(s) on this machine, predicting in one process "
                   f"on {run.device}")
     model, tokenizer, cfg, names, extra = load_any_model(runtime["save_path"], run.device, run.precision)
-    if os.path.isfile(os.path.join(runtime["save_path"], "export.json")) and run.precision != "int8":
-        run.precision = "fp32"  # onnxruntime runs the fp32 graph: autocast does not reach it, the summary says so
+    follow_training_precision(run, cfg, runtime["save_path"], runtime["precision"])
     check_label_map(given_names(maps_given, cfg, runtime), names, runtime, cfg._label_groups)
     for key, value in {**given, **runtime}.items():  # runtime settings and explicit overrides of the training config
         setattr(cfg, key, value)
@@ -490,7 +524,7 @@ def predict_one_input(src: str, dst: str, out_name: str, model, tokenizer, cfg: 
     # labels are checked before predicting, so a bad label costs no model time
     truth = load_truth(src, cfg, names, present) if labelled else None
     stats = predict_file(src, dst, model, tokenizer, cfg, names, run, extra, probs)
-    if labelled:
+    if labelled and run.is_main:  # every rank has all the probabilities; one writes the report
         folder = os.path.join(cfg.out_dir, f"report_{os.path.splitext(out_name)[0]}")
         file_report(src, folder, np.concatenate(probs), truth.labels, cfg, names, extra)
     name = os.path.basename(src)

@@ -17,6 +17,7 @@ or with --ensemble True an ensemble of every member (ensemble.py).
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,11 +164,12 @@ def is_complete(plan: Plan, options: dict) -> bool:
         manifest = sha256_file(os.path.join(plan.folder, MANIFEST))
     except (OSError, ValueError, InputError):
         return False
-    if done.get("options") != options:
-        print(f"member {plan.name}: trained with other options, training it again", flush=True)
-        return False
-    if done.get("data_sha256") not in (None, data_fingerprint(*plan.data)):  # None: written before it was recorded
-        print(f"member {plan.name}: trained on other rows or classes, training it again", flush=True)
+    changed = "with other options" if done.get("options") != options else \
+        "on other rows or classes" if done.get("data_sha256") not in (None, data_fingerprint(*plan.data)) else None
+    if changed:  # (a data_sha256 of None: written before it was recorded)
+        print(f"member {plan.name}: trained {changed}, training it again", flush=True)
+        # afresh: its resumable checkpoints belong to the run it was, and --resume auto would refuse them
+        shutil.rmtree(os.path.join(plan.folder, "resume"), ignore_errors=True)
         return False
     return done.get("manifest_sha256") == manifest and os.path.isfile(os.path.join(plan.folder, "metrics.json"))
 

@@ -37,8 +37,10 @@ STATE_FILE = "state.pt"
 HASH_FILE = "state.pt.sha256"  # written before the folder is committed: a damaged or half-copied state is refused
 STEP_RE = re.compile(r"^step-(\d+)$")
 # Options that may change between a run and its resumption without changing what is computed.
+# save_path: the same folder written another way (./run, /abs/run) or moved; the data's SHA-256 guards what it holds.
+# seeds, ensemble: a member of --seeds/--cv is the same member when more members or an ensemble are asked for.
 MAY_CHANGE = {"resume", "save_every", "log_every", "tensorboard", "num_workers", "device", "parallel",
-              "parallel_mode", "boost_cache"}
+              "parallel_mode", "boost_cache", "save_path", "seeds", "ensemble"}
 
 
 @dataclass

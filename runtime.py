@@ -7,6 +7,7 @@ its device, precision and rank. `-p True` on a machine with several GPUs starts 
 """
 import contextlib
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -131,8 +132,10 @@ def local_worker_count(parallel: bool, device_name: str) -> int:
     return gpus if gpus > 1 else 0
 
 
-def launch_local_workers(script: str, argv: list, nproc: int) -> int:
-    """Run `script argv` in nproc processes as `torchrun --standalone` would; their exit code (75: preempted)."""
+def launch_local_workers(script: str, argv: list, nproc: int, saves_on_signal: bool = False) -> int:
+    """Run `script argv` in nproc processes as `torchrun --standalone` would; their exit code. Stopped by a
+    signal: 130 for Ctrl-C; for SIGTERM/SIGUSR1, 75 (preempted) where the workers saved a resumable checkpoint
+    (`saves_on_signal`: train.py), else 128 + the signal (predict.py saves nothing to resume from)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -147,8 +150,10 @@ def launch_local_workers(script: str, argv: list, nproc: int) -> int:
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values()]
         return PREEMPTED_EXIT if PREEMPTED_EXIT in codes else max(codes)
-    except SignalException:
-        return PREEMPTED_EXIT  # the workers got the signal too and saved before exiting
+    except SignalException as e:  # the workers got the signal too (train.py's saved before exiting)
+        if e.sigval == signal.SIGINT:
+            return 130
+        return PREEMPTED_EXIT if saves_on_signal else 128 + int(e.sigval)
     return 0
 
 

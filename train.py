@@ -205,7 +205,8 @@ def main(argv=None) -> int:
     # one writer per save_path: this process, or the launcher of this process's ranks, holds the lock
     with FolderLock(cfg.save_path, held_by_parent=os.environ.get("RANK", "0") != "0"):
         if workers:
-            return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers)
+            return launch_local_workers(__file__, sys.argv[1:] if argv is None else argv, workers,
+                                        saves_on_signal=True)
         try:
             with StopRequest().installed() as stop:
                 if repeated(cfg):  # --seeds, --cv: members one after another, then their summary

@@ -27,6 +27,11 @@ wait $child; rc=$?
 while kill -0 $child 2>/dev/null; do wait $child; rc=$?; done  # a trap ends `wait` early: wait again
 echo "== job ${SLURM_JOB_ID} train.py exit code $rc at $(date -Is)"
 if [ $rc -eq 75 ] || { [ $signalled = 1 ] && [ $rc -ne 0 ]; }; then
-  scontrol requeue "$SLURM_JOB_ID"  # back to the queue; the next start resumes from the checkpoint
+  # scancel sends TERM too: a job its user cancelled (no longer RUNNING, never preempted) stays cancelled
+  case "$(scontrol show job -o "$SLURM_JOB_ID" 2>/dev/null)" in
+    *JobState=RUNNING*|*PreemptTime=[0-9]*|"")
+      scontrol requeue "$SLURM_JOB_ID" ;;  # back to the queue; the next start resumes from the checkpoint
+    *) echo "== job ${SLURM_JOB_ID} cancelled: not requeued; the checkpoint stays for --resume auto" ;;
+  esac
 fi
 exit $rc

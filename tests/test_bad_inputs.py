@@ -130,6 +130,8 @@ TRAIN_CASES = [
      ["t.parquet, row 1: column 'emotion' holds list [\"joy\", null]"]),
     ("jsonl with a repeated key", {"t.jsonl": '{"sentences": "i feel fine", "emotion": "joy", "emotion": "anger"}\n'},
      ["--train_path", "{dir}/t.jsonl"], ["t.jsonl, line 1: duplicated key(s) 'emotion'"]),
+    ("jsonl with a lone surrogate", {"t.jsonl": '{"sentences": "i feel \\ud800 fine", "emotion": "joy"}\n'},
+     ["--train_path", "{dir}/t.jsonl"], ["t.jsonl, line 1, column 'sentences': lone surrogate U+D800 at position 8"]),
     ("jsonl nested too deep", {"t.jsonl": "[" * 100000 + "]" * 100000 + "\n"}, ["--train_path", "{dir}/t.jsonl"],
      ["t.jsonl, line 1: not valid JSON (nested too deeply)"]),
 ]

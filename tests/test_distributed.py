@@ -171,7 +171,7 @@ def test_ddp_preempted_twice_resumes_to_the_weights_of_an_uninterrupted_run(trai
     args = [*trained["common"], "-p", "True", "--batch_size", "4", "--save_path", str(save), "--resume", "auto",
             "--save_every", "2"]
     launcher = [sys.executable, "-c", "import sys, runtime; sys.exit(runtime.launch_local_workers('train.py', "
-                                      "sys.argv[1:], 2))", *args]
+                                      "sys.argv[1:], 2, saves_on_signal=True))", *args]  # as train.py calls it
     code, out, first_stop = usr1_once_saved(launcher, save)
     assert code == 75, out[-3000:]  # the launcher passes the workers' code on, for the batch script
     assert "preemption signal: stopped after update" in out

@@ -64,7 +64,9 @@ def test_export_refuses_to_replace_a_folder_that_is_not_an_export(trained):
     assert code == 2 and "is not an earlier export" in err and (out / "notes.txt").exists()
 
 
-def test_a_pair_model_exports_with_both_texts(tiny_bert, tmp_path):
+@pytest.mark.parametrize("windows", [False, True])
+def test_a_pair_model_exports_with_both_texts(tiny_bert, tmp_path, windows):
+    """With --check, and for windows also without: the built-in parity texts must fit a window's second text."""
     import export
     from test_pairs import pair_rows
     from conftest import write_classes
@@ -72,12 +74,15 @@ def test_a_pair_model_exports_with_both_texts(tiny_bert, tmp_path):
     classes = write_classes(tmp_path / "yesno.json", ["no", "yes"])
     data = write_csv(tmp_path / "pairs.csv", pair_rows(60), header=("sentence", "emotion", "answer"))
     save = str(tmp_path / "model")
+    shape = ["--long_text", "windows", "--stride", "8"] if windows else []
     code, _, err = call(train.main, ["-d", classes, "--train_path", data, "--bert_name", tiny_bert, "--save_path",
                                      save, "--n_epochs", "1", "--max_length", "32", "--text_col", "sentence",
-                                     "--text_col2", "emotion", "--label_col", "answer"])
+                                     "--text_col2", "emotion", "--label_col", "answer", *shape])
     assert code == 0, err
-    code, out, err = call(export.main, ["--save_path", save, "--out", str(tmp_path / "exp"), "--check", data])
-    assert code == 0 and "model.onnx (fp32)" in out, err
+    checks = [["--check", data], []] if windows else [["--check", data]]
+    for i, check in enumerate(checks):
+        code, out, err = call(export.main, ["--save_path", save, "--out", str(tmp_path / f"exp{i}"), *check])
+        assert code == 0 and "model.onnx (fp32)" in out, err
 
 
 def test_predict_py_runs_an_export_with_onnxruntime_and_writes_the_same_csvs(trained, tmp_path):

@@ -363,3 +363,21 @@ def test_a_full_disk_while_writing_the_report_leaves_the_earlier_report_whole(ti
     assert code == 3 and "No space left on device" in one_line(err), err
     assert files() == before
     assert not [n for n in os.listdir(tiny_task["save"]) if n.startswith(".")]  # no staging folder left
+
+
+@pytest.mark.parametrize("sig, saves, code", [(signal.SIGINT, True, 130), (signal.SIGTERM, True, 75),
+                                              (signal.SIGUSR1, True, 75), (signal.SIGTERM, False, 143)])
+def test_the_local_launcher_passes_on_what_a_signal_means(monkeypatch, sig, saves, code):
+    """-p True's launcher: 75 (requeue me) only where the workers saved a resumable checkpoint (train.py);
+    Ctrl-C is 130 as in one process; a stopped predict.py is 128 + the signal."""
+    import torch.distributed.launcher.api as api
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    import runtime
+
+    def launch(config, entrypoint):
+        def workers(*args):
+            raise SignalException("stopped", sig)
+        return workers
+    monkeypatch.setattr(api, "elastic_launch", launch)
+    assert runtime.launch_local_workers("script.py", [], 2, saves_on_signal=saves) == code

@@ -489,3 +489,12 @@ def test_a_finished_member_trained_on_other_rows_is_trained_again(data, tmp_path
     out = run_train(own, tmp_path / "run", "--seeds", "2", "--resume", "auto")
     assert out.count("trained on other rows or classes, training it again") == 2, out
     assert "not trained again" not in out and out.count("== member") == 2
+
+
+def test_a_member_trained_again_with_other_options_starts_afresh_not_from_its_old_checkpoints(data, tmp_path):
+    """--save_every leaves resumable checkpoints in each member; a member trained again because the options
+    changed must not try to resume from them (that was refused in one line, exit 2)."""
+    run_train(data, tmp_path / "run", "--seeds", "2", "--save_every", "3")
+    assert os.listdir(tmp_path / "run" / "members" / "seed_42" / "resume")
+    out = run_train(data, tmp_path / "run", "--seeds", "2", "--save_every", "3", "--resume", "auto", "--lr", "4e-3")
+    assert out.count("trained with other options, training it again") == 2 and "resumed from" not in out, out

@@ -128,3 +128,23 @@ def test_multi_node_script_on_one_node_passes_the_signal_through_srun_and_torchr
                                     env={"NPROC_PER_NODE": "2"})
     assert "device cpu x2" in output and "Received 10 death signal" in output  # torchrun passed USR1 on
     assert "srun exit code 0" in output
+
+
+def test_a_job_its_user_cancels_saves_and_stays_cancelled(cluster, job_args, tmp_path):
+    """scancel sends TERM as preemption does: the job saves a resumable checkpoint and exits 75, but is not put
+    back in the queue."""
+    from resume import resume_root, step_folders
+    save, log = tmp_path / "job", str(tmp_path / "job.out")
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={ROOT}", "--mem=2G", f"--output={log}", "--cpus-per-task=1",
+         os.path.join(SLURM, "cpu.sh"), *job_args, "--save_path", str(save)],
+        env={**cluster, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    wait_for(lambda: step_folders(resume_root(str(save))), 180, "the first resumable checkpoint", log)
+    subprocess.run(["scancel", job], env=cluster, check=True, timeout=30)
+    wait_for(lambda: "cancelled: not requeued" in open(log, encoding="utf-8").read(), 120, "the job's end", log)
+    time.sleep(3)  # a requeue would show now
+    info = job_info(cluster, job)
+    assert info["JobState"] == "CANCELLED" and info.get("Restarts") == "0", info
+    assert "train.py exit code 75" in open(log, encoding="utf-8").read()
