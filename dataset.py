@@ -157,10 +157,12 @@ def data_fingerprint(names: list, *datasets: LabelledData) -> str:
     return digest.hexdigest()
 
 
-def prediction_columns(text_cols: list, task_names: list, names: list) -> list:
-    """predict.py's header: the text column(s), the chosen class (`label`, or `label_<task>` for several tasks),
-    then one probability column per class (the model's outputs: with --label_groups, the groups)."""
-    return [*text_cols, *(["label"] if not task_names else [f"label_{t}" for t in task_names]), *names]
+def prediction_columns(cfg, tasks: list, names: list) -> list:
+    """predict.py's header for a run's text columns (`cfg.text_col`, `cfg.text_col2`): the text column(s), the
+    chosen class (`label`, or `label_<task>` for several tasks, tasks.Task), then one probability column per class
+    (the model's outputs: with --label_groups, the groups)."""
+    labels = ["label"] if not tasks else [f"label_{t.name}" for t in tasks]
+    return [cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else []), *labels, *names]
 
 
 def column_clash(header: list) -> str:

@@ -230,8 +230,8 @@ class Classifier:
         """Predictions for `texts` (pairs with texts2, for a model trained with --text_col2), in input order;
         batches are sorted by length inside."""
         texts, texts2 = api_texts(texts, "texts"), None if texts2 is None else api_texts(texts2, "texts2")
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise InputError(f"batch_size {batch_size!r}: must be an integer of at least 1")
+        if batch_size is not None:
+            check_batch_size(batch_size)
         if bool(self.cfg.text_col2) != (texts2 is not None):
             raise InputError("this model reads pairs of texts: pass texts2" if self.cfg.text_col2 else
                              "this model reads single texts: texts2 must be None")
@@ -264,6 +264,11 @@ def api_texts(texts, name: str) -> list:
     return list(texts)
 
 
+def check_batch_size(batch_size) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size {batch_size!r}: must be an integer of at least 1")
+
+
 def load_classifier(save_path: str = "saved_model", device: str = "auto", precision: str = "auto",
                     batch_size: int = PREDICT_BATCH_SIZE, allow_empty: bool = False) -> Classifier:
     """The model in `save_path` (checked against its manifest) on `device` in `precision`, as predict.py's flags
@@ -272,8 +277,7 @@ def load_classifier(save_path: str = "saved_model", device: str = "auto", precis
         raise InputError("save_path and device must be strings (a folder; auto, cpu, cuda or cuda:N)")
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size {batch_size!r}: must be an integer of at least 1")
+    check_batch_size(batch_size)
     run = setup_run(device, precision)
     model, tokenizer, cfg, classes, extra = load_any_model(save_path, run.device, run.precision)
     follow_training_precision(run, cfg, save_path, precision)
@@ -316,10 +320,9 @@ def predict_file(path: str, out_path: str, model, tokenizer, cfg: Config, names:
     skipped = [0]
     started = time.perf_counter()
     # every rank reads the file and predicts its share of each chunk; rank 0 alone writes
-    text_cols = [cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])]
     with atomic_path(out_path) if run.is_main else contextlib.nullcontext(os.devnull) as tmp, \
             PredictionWriter(tmp, cfg.out_format if run.is_main else "csv",
-                             prediction_columns(text_cols, tasks and [t.name for t in tasks], names)) as writer:
+                             prediction_columns(cfg, tasks, names)) as writer:
         for _, texts, texts2 in iter_predict_file(path, cfg.text_col, CHUNK_ROWS, skipped, cfg.text_col2):
             probs = predict_sharded(model, tokenizer, texts, cfg, run, temperature, counts, texts2)
             if keep_probs is not None:
@@ -417,9 +420,7 @@ def check_columns(cfg: Config, names: list, run) -> None:
     """Every predictions column a name of its own (train.py refuses other names since 5 Dec 2026): a model trained
     before that still writes its CSV (two columns of one name, in order), while JSON lines and Parquet, which would
     lose one of them, are refused."""
-    tasks = model_tasks(cfg)
-    clash = column_clash(prediction_columns([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])],
-                                            tasks and [t.name for t in tasks], names))
+    clash = column_clash(prediction_columns(cfg, model_tasks(cfg), names))
     if clash and cfg.out_format != "csv":
         raise InputError(f"--out_format {cfg.out_format}: {clash} (or predict to csv)")
     if clash:

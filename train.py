@@ -158,8 +158,7 @@ def check_outputs(cfg: Config, names: list, tasks: list) -> None:
     here) must make predict.py's columns, each a name of its own; multi-label outputs without commas, which join
     them in the label column."""
     outputs = load_label_groups(cfg.label_groups, names, cfg.multi_label).names if cfg.label_groups else names
-    clash = column_clash(prediction_columns([cfg.text_col, *([cfg.text_col2] if cfg.text_col2 else [])],
-                                            tasks and [t.name for t in tasks], outputs))
+    clash = column_clash(prediction_columns(cfg, tasks, outputs))
     if clash:
         raise InputError(clash)
     if cfg.label_groups and cfg.multi_label and any("," in group for group in outputs):
